@@ -1,0 +1,328 @@
+"""Domain operations of the device registry.
+
+Views, admin actions, tasks and consumers call these; each takes the acting user explicitly, runs in a
+transaction, does nothing when the state is unchanged, and announces itself on the event bus after
+commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import secrets
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.utils import timezone
+
+from devices.choices import ActivationState, DeviceStatus
+from devices.models import Device, DeviceCredential, DeviceGroup, DeviceStatusChange
+from fluxiot import events
+from fluxiot.errors import ConflictError
+
+logger = logging.getLogger(__name__)
+
+Actor = AbstractBaseUser | AnonymousUser | None
+
+
+def _actor_id(actor: Actor) -> int | None:
+    return actor.pk if actor is not None and getattr(actor, "is_authenticated", False) else None
+
+
+def _lock(device: Device | str) -> Device:
+    device_id = device.pk if isinstance(device, Device) else device
+    return Device.objects.select_for_update().get(pk=device_id)
+
+
+def device_summary(device: Device) -> dict[str, Any]:
+    """The short form of a device that events carry."""
+    return {
+        "id": device.id,
+        "name": device.name,
+        "device_type": device.device_type,
+        "status": device.status,
+        "activation_state": device.activation_state,
+        "group": device.group_id,
+        "tags": device.tags,
+    }
+
+
+# --- Creation, update, deletion ---------------------------------------------------------------
+
+
+def create_device(*, actor: Actor, **fields: Any) -> Device:
+    """Create a device from already validated fields."""
+    with transaction.atomic():
+        device = Device(**fields)
+        device.full_clean()
+        device.save(force_insert=True)
+        events.publish(events.DEVICE_CREATED, {"device": device_summary(device), "actor": _actor_id(actor)})
+    logger.info("device %s created by %s", device.id, _actor_id(actor))
+    return device
+
+
+def update_device(device: Device, *, actor: Actor, **fields: Any) -> Device:
+    """Update a device's user-editable fields. Status and activation have their own functions."""
+    forbidden = {"id", "status", "activation_state", "activated_at"} & fields.keys()
+    if forbidden:
+        raise ValidationError({name: "Not editable here." for name in forbidden})
+    with transaction.atomic():
+        for name, value in fields.items():
+            setattr(device, name, value)
+        device.full_clean()
+        device.save()
+        events.publish(
+            events.DEVICE_UPDATED,
+            {"device": device_summary(device), "fields": sorted(fields), "actor": _actor_id(actor)},
+        )
+    return device
+
+
+def delete_device(device: Device, *, actor: Actor) -> None:
+    with transaction.atomic():
+        summary = device_summary(device)
+        device.delete()
+        events.publish(events.DEVICE_DELETED, {"device": summary, "actor": _actor_id(actor)})
+    logger.info("device %s deleted by %s", summary["id"], _actor_id(actor))
+
+
+# --- Status -----------------------------------------------------------------------------------
+
+
+def set_status(
+    device: Device | str,
+    new_status: str,
+    *,
+    actor: Actor = None,
+    reason: str = "",
+    metadata: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> DeviceStatusChange | None:
+    """Change a device's status, writing its history row and announcing it. The one way any status
+    changes. Returns the history row, or None when the status was already ``new_status``."""
+    if new_status not in DeviceStatus.values:
+        raise ValidationError({"status": f"Unknown status {new_status!r}."})
+    with transaction.atomic():
+        locked = _lock(device)
+        if locked.status == new_status:
+            return None
+        when = at or timezone.now()
+        change = DeviceStatusChange.objects.create(
+            device=locked,
+            old_status=locked.status,
+            new_status=new_status,
+            changed_at=when,
+            reason=reason[:200],
+            metadata=metadata or {},
+            changed_by_id=_actor_id(actor),
+        )
+        locked.status = new_status
+        locked.save(update_fields=["status", "updated_at"])
+        if isinstance(device, Device):
+            device.status = new_status
+        events.publish(
+            events.DEVICE_STATUS_CHANGED,
+            {
+                "device": locked.id,
+                "old_status": change.old_status,
+                "new_status": new_status,
+                "reason": change.reason,
+                "at": when.isoformat(),
+            },
+        )
+    return change
+
+
+# --- Activation and credentials -----------------------------------------------------------------
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _issue_secret(device: Device) -> str:
+    secret = secrets.token_urlsafe(32)
+    DeviceCredential.objects.update_or_create(
+        device=device, defaults={"secret_hash": hash_secret(secret), "issued_at": timezone.now()}
+    )
+    return secret
+
+
+def _announce_activation(device: Device, actor: Actor) -> None:
+    events.publish(
+        events.DEVICE_ACTIVATION_CHANGED,
+        {"device": device.id, "activation_state": device.activation_state, "actor": _actor_id(actor)},
+    )
+
+
+def activate_device(device: Device | str, *, actor: Actor) -> str:
+    """Activate a registered or disabled device and issue its secret: the only time the secret is
+    seen. An active device keeps its secret (rotate it instead)."""
+    with transaction.atomic():
+        locked = _lock(device)
+        if locked.activation_state == ActivationState.ACTIVE:
+            raise ConflictError("The device is already active; rotate its credentials for a new secret.")
+        secret = _issue_secret(locked)
+        locked.activation_state = ActivationState.ACTIVE
+        locked.activated_at = timezone.now()
+        locked.save(update_fields=["activation_state", "activated_at", "updated_at"])
+        _announce_activation(locked, actor)
+    logger.info("device %s activated by %s", locked.id, _actor_id(actor))
+    return secret
+
+
+def disable_device(device: Device | str, *, actor: Actor) -> bool:
+    """Disable a device: its secret stops working at once and is forgotten. False if it already was."""
+    with transaction.atomic():
+        locked = _lock(device)
+        if locked.activation_state == ActivationState.DISABLED:
+            return False
+        DeviceCredential.objects.filter(device=locked).delete()
+        locked.activation_state = ActivationState.DISABLED
+        locked.save(update_fields=["activation_state", "updated_at"])
+        _announce_activation(locked, actor)
+    logger.info("device %s disabled by %s", locked.id, _actor_id(actor))
+    return True
+
+
+def rotate_credentials(device: Device | str, *, actor: Actor) -> str:
+    """Issue a new secret for an active device; the old one stops working at once."""
+    with transaction.atomic():
+        locked = _lock(device)
+        if locked.activation_state != ActivationState.ACTIVE:
+            raise ConflictError("Only an active device has credentials to rotate; activate it first.")
+        secret = _issue_secret(locked)
+        events.publish(events.DEVICE_CREDENTIALS_ROTATED, {"device": locked.id, "actor": _actor_id(actor)})
+    logger.info("device %s credentials rotated by %s", locked.id, _actor_id(actor))
+    return secret
+
+
+_VERIFY_SQL = None
+
+
+def verify_device_secret(device_id: str, secret: str) -> bool:
+    """True when ``device_id`` is an active device and ``secret`` its current secret.
+
+    This is what the broker and HTTP ingest call for every login: one indexed query and a
+    constant-time comparison."""
+    global _VERIFY_SQL
+    if not device_id or not secret or len(device_id) > 64 or len(secret) > 256:
+        return False
+    if _VERIFY_SQL is None:
+        _VERIFY_SQL = (
+            f"SELECT c.secret_hash FROM {DeviceCredential._meta.db_table} c "
+            f"JOIN {Device._meta.db_table} d ON d.id = c.device_id "
+            f"WHERE c.device_id = %s AND d.activation_state = %s"
+        )
+    with connection.cursor() as cursor:
+        cursor.execute(_VERIFY_SQL, [device_id, ActivationState.ACTIVE.value])
+        row = cursor.fetchone()
+    if row is None:
+        return False
+    return hmac.compare_digest(row[0], hash_secret(secret))
+
+
+# --- Groups -----------------------------------------------------------------------------------
+
+
+def move_devices(devices: Iterable[Device | str], group: DeviceGroup | None, *, actor: Actor) -> int:
+    """Put devices into ``group`` (None: no group). Returns how many moved."""
+    ids = [d.pk if isinstance(d, Device) else d for d in devices]
+    with transaction.atomic():
+        moved = Device.objects.filter(pk__in=ids).exclude(group=group).update(group=group, updated_at=timezone.now())
+        if moved:
+            events.publish(
+                events.DEVICE_UPDATED,
+                {
+                    "devices": ids[:1000],
+                    "fields": ["group"],
+                    "group": group.pk if group else None,
+                    "actor": _actor_id(actor),
+                },
+            )
+    return moved
+
+
+def devices_in_group(group: DeviceGroup, *, descendants: bool = False) -> Any:
+    """The devices of a group, and of all groups below it when ``descendants``."""
+    if descendants:
+        return Device.objects.filter(group__path__startswith=group.path)
+    return Device.objects.filter(group=group)
+
+
+# --- Bulk import --------------------------------------------------------------------------------
+
+
+@dataclass
+class ImportResult:
+    created: int
+    ids: list[str]
+
+
+class ImportFailed(Exception):
+    """Nothing was imported; ``errors`` lists ``{"row": n, "errors": {...}}`` for each bad row."""
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} bad rows")
+        self.errors = errors
+
+
+IMPORT_FIELDS = ("id", "name", "device_type", "custom_type", "protocol", "group", "tags", "metadata")
+
+
+def import_devices(rows: list[dict[str, Any]], *, actor: Actor) -> ImportResult:
+    """Create many devices at once, all or nothing.
+
+    ``rows`` are dicts with the keys of ``IMPORT_FIELDS`` (``group`` a group id or None). Every row
+    is checked before anything is written; any bad row fails the whole import with a report."""
+    errors: list[dict[str, Any]] = []
+    devices: list[Device] = []
+    group_ids = {row.get("group") for row in rows if row.get("group") is not None}
+    known_groups = set(
+        DeviceGroup.objects.filter(pk__in=[g for g in group_ids if isinstance(g, int)]).values_list("pk", flat=True)
+    )
+    seen: dict[str, int] = {}
+    for number, row in enumerate(rows, start=1):
+        row_errors: dict[str, list[str]] = {}
+        unknown = set(row) - set(IMPORT_FIELDS)
+        if unknown:
+            row_errors["non_field_errors"] = [f"Unknown columns: {', '.join(sorted(unknown))}."]
+        fields = {k: v for k, v in row.items() if k in IMPORT_FIELDS and v not in (None, "")}
+        group = fields.pop("group", None)
+        if group is not None:
+            if not isinstance(group, int) or isinstance(group, bool) or group not in known_groups:
+                row_errors["group"] = [f"Unknown group {group!r}."]
+            else:
+                fields["group_id"] = group
+        device = Device(**fields)
+        try:
+            device.full_clean(exclude=["group"], validate_unique=False, validate_constraints=False)
+        except ValidationError as exc:
+            for name, messages in exc.message_dict.items():
+                row_errors.setdefault(name, []).extend(messages)
+        if device.id in seen:
+            row_errors.setdefault("id", []).append(f"Duplicate id in the file (also row {seen[device.id]}).")
+        else:
+            seen[device.id] = number
+        if row_errors:
+            errors.append({"row": number, "errors": row_errors})
+        devices.append(device)
+    existing = set(Device.objects.filter(pk__in=list(seen)).values_list("pk", flat=True))
+    for number, device in enumerate(devices, start=1):
+        if device.id in existing:
+            errors.append({"row": number, "errors": {"id": [f"A device with id {device.id!r} already exists."]}})
+    if errors:
+        errors.sort(key=lambda e: e["row"])
+        raise ImportFailed(errors)
+    with transaction.atomic():
+        Device.objects.bulk_create(devices, batch_size=1000)
+        ids = [d.id for d in devices]
+        events.publish(events.DEVICES_IMPORTED, {"count": len(ids), "devices": ids[:1000], "actor": _actor_id(actor)})
+    logger.info("%d devices imported by %s", len(devices), _actor_id(actor))
+    return ImportResult(created=len(devices), ids=ids)

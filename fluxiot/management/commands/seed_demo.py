@@ -1,0 +1,82 @@
+"""Demo data for the embedded mode: a superuser (credentials printed) and devices in a group tree."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+
+from devices import services
+from devices.choices import DeviceType, Protocol
+from devices.models import Device, DeviceGroup
+
+DEMO_TREE = {"Headquarters": {"Building A": {"Floor 1": {}, "Floor 2": {}}, "Office HVAC": {}}, "Warehouse": {}}
+
+DEMO_DEVICES = [
+    (
+        "temp_sensor_01",
+        "Temperature sensor, floor 1",
+        DeviceType.SENSOR,
+        Protocol.MQTT,
+        "Floor 1",
+        ["lab", "temperature"],
+    ),
+    ("temp_sensor_02", "Temperature sensor, floor 2", DeviceType.SENSOR, Protocol.MQTT, "Floor 2", ["temperature"]),
+    ("fan_01", "Ceiling fan, floor 1", DeviceType.ACTUATOR, Protocol.MQTT, "Floor 1", ["lab", "hvac"]),
+    ("hvac_01", "Air handler", DeviceType.ACTUATOR, Protocol.MQTT, "Office HVAC", ["hvac"]),
+    ("camera_01", "Loading dock camera", DeviceType.CAMERA, Protocol.RTSP, "Warehouse", ["security"]),
+    ("gateway_01", "Warehouse gateway", DeviceType.GATEWAY, Protocol.MQTT, "Warehouse", []),
+    ("plc_01", "Conveyor PLC", DeviceType.INDUSTRIAL, Protocol.MODBUS, "Warehouse", ["line-1"]),
+]
+
+
+class Command(BaseCommand):
+    help = "Create the demo superuser and demo devices (idempotent)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--username", default="admin")
+
+    def handle(self, *args: Any, username: str, **options: Any) -> None:
+        self._superuser(username)
+        with transaction.atomic():
+            groups = self._tree(DEMO_TREE, None)
+            created = 0
+            for device_id, name, device_type, protocol, group, tags in DEMO_DEVICES:
+                if not Device.objects.filter(pk=device_id).exists():
+                    services.create_device(
+                        actor=None,
+                        id=device_id,
+                        name=name,
+                        device_type=device_type,
+                        protocol=protocol,
+                        group=groups[group],
+                        tags=tags,
+                    )
+                    created += 1
+        self.stdout.write(f"Demo devices: {created} created, {len(DEMO_DEVICES) - created} already there.")
+
+    def _superuser(self, username: str) -> None:
+        User = get_user_model()
+        password_file = settings.VAR_DIR / "demo-admin-password"
+        if not User.objects.filter(username=username).exists():
+            password = secrets.token_urlsafe(12)
+            User.objects.create_superuser(username=username, email="", password=password)
+            password_file.write_text(password)
+            password_file.chmod(0o600)
+        if password_file.exists():
+            password = password_file.read_text().strip()
+            self.stdout.write(self.style.SUCCESS(f"Admin login: {username} / {password}"))
+        else:
+            self.stdout.write(f"Admin user {username!r} exists (its password was set elsewhere).")
+
+    def _tree(self, tree: dict[str, Any], parent: DeviceGroup | None) -> dict[str, DeviceGroup]:
+        groups: dict[str, DeviceGroup] = {}
+        for name, children in tree.items():
+            group, _ = DeviceGroup.objects.get_or_create(name=name, parent=parent)
+            groups[name] = group
+            groups.update(self._tree(children, group))
+        return groups

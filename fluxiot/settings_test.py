@@ -1,0 +1,14 @@
+"""Test settings: the real PostgreSQL and Redis of the machine unless the environment says otherwise."""
+
+import os
+import secrets
+
+os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fluxiot")
+os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/1")
+# A throwaway key per run; exported so servers the tests start share it.
+os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+
+from fluxiot.settings import *  # noqa: F403
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+CACHES["default"]["KEY_PREFIX"] = f"fluxiot-test-{os.getpid()}"  # noqa: F405
