@@ -233,10 +233,9 @@ class DeviceAdmin(admin.ModelAdmin):
                 )
                 if not rows:
                     raise importers.ParseError("The file has no devices.")
-                if not errors:
-                    result = services.import_devices(rows, actor=request.user)
-                    messages.success(request, f"{result.created} devices imported.")
-                    return HttpResponseRedirect(reverse("admin:devices_device_changelist"))
+                result = services.import_devices(rows, actor=request.user, known_errors=errors)
+                messages.success(request, f"{result.created} devices imported.")
+                return HttpResponseRedirect(reverse("admin:devices_device_changelist"))
             except importers.ParseError as exc:
                 detail = str(exc)
             except services.ImportFailed as exc:

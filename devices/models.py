@@ -207,11 +207,19 @@ class Device(models.Model):
     def type_label(self) -> str:
         return self.custom_type if self.device_type == DeviceType.CUSTOM else self.get_device_type_display()
 
-    def clean(self) -> None:
-        super().clean()
+    def normalize(self) -> None:
+        """Tidy user input in place: strip and de-duplicate tags, canonical fingerprint."""
         self.tags = normalize_tags(self.tags)
         self.cert_fingerprint = normalize_fingerprint(self.cert_fingerprint or "")
         self.custom_type = (self.custom_type or "").strip()
+
+    def clean_fields(self, exclude: Any = None) -> None:
+        self.normalize()  # before the field validators look at the values
+        super().clean_fields(exclude=exclude)
+
+    def clean(self) -> None:
+        super().clean()
+        self.normalize()
         if self.device_type == DeviceType.CUSTOM and not self.custom_type:
             raise ValidationError({"custom_type": "A custom device type needs its own name."}, code="required")
         if self.device_type != DeviceType.CUSTOM and self.custom_type:

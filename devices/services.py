@@ -273,15 +273,29 @@ class ImportFailed(Exception):
         self.errors = errors
 
 
+def _merge_row_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per row, in row order, with every field's messages together."""
+    merged: dict[int, dict[str, list[str]]] = {}
+    for entry in errors:
+        row = merged.setdefault(entry["row"], {})
+        for field, messages in entry["errors"].items():
+            row.setdefault(field, []).extend(messages)
+    return [{"row": number, "errors": merged[number]} for number in sorted(merged)]
+
+
 IMPORT_FIELDS = ("id", "name", "device_type", "custom_type", "protocol", "group", "tags", "metadata")
 
 
-def import_devices(rows: list[dict[str, Any]], *, actor: Actor) -> ImportResult:
+def import_devices(
+    rows: list[dict[str, Any]], *, actor: Actor, known_errors: list[dict[str, Any]] | None = None
+) -> ImportResult:
     """Create many devices at once, all or nothing.
 
     ``rows`` are dicts with the keys of ``IMPORT_FIELDS`` (``group`` a group id or None). Every row
-    is checked before anything is written; any bad row fails the whole import with a report."""
-    errors: list[dict[str, Any]] = []
+    is checked before anything is written; any bad row fails the whole import with a report.
+    ``known_errors`` are problems the file parser already found (e.g. bad JSON in a CSV cell); they
+    join the report."""
+    errors: list[dict[str, Any]] = list(known_errors or [])
     devices: list[Device] = []
     group_ids = {row.get("group") for row in rows if row.get("group") is not None}
     known_groups = set(
@@ -318,8 +332,7 @@ def import_devices(rows: list[dict[str, Any]], *, actor: Actor) -> ImportResult:
         if device.id in existing:
             errors.append({"row": number, "errors": {"id": [f"A device with id {device.id!r} already exists."]}})
     if errors:
-        errors.sort(key=lambda e: e["row"])
-        raise ImportFailed(errors)
+        raise ImportFailed(_merge_row_errors(errors))
     with transaction.atomic():
         Device.objects.bulk_create(devices, batch_size=1000)
         ids = [d.id for d in devices]

@@ -17,7 +17,7 @@ def _refresh_roles(sender: AppConfig, **kwargs: Any) -> None:
     if sender is last:
         from fluxiot.roles import sync_roles
 
-        sync_roles(kwargs.get("apps") or apps)
+        sync_roles(kwargs.get("apps") or apps, using=kwargs.get("using", "default"))
 
 
 class FluxiotConfig(AppConfig):

@@ -64,9 +64,13 @@ def send_now(event: dict[str, Any]) -> None:
     if layer is None:
         return
     message = {"type": "bus.event", "event": event}
+
+    async def send() -> None:
+        await layer.group_send(ALL_EVENTS_GROUP, message)
+        await layer.group_send(group_for(event["type"]), message)
+
     try:
-        async_to_sync(layer.group_send)(ALL_EVENTS_GROUP, message)
-        async_to_sync(layer.group_send)(group_for(event["type"]), message)
+        async_to_sync(send)()
     except Exception:
         logger.exception("event bus: could not send %s", event["type"])
 

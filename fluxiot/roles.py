@@ -26,22 +26,27 @@ OPERATOR_EXTRA = [
 ]
 
 
-def sync_roles(apps: Any, schema_editor: Any = None) -> None:
+def sync_roles(apps: Any, schema_editor: Any = None, using: str | None = None) -> None:
     """Create or refresh the role groups from the permissions that exist now (migration-safe)."""
     from django.apps import apps as global_apps
     from django.contrib.auth.management import create_permissions
 
+    if using is None:
+        using = schema_editor.connection.alias if schema_editor is not None else "default"
     # Permissions are normally created after migrate; make sure they exist for the apps migrated so far.
     for app_config in global_apps.get_app_configs():
-        create_permissions(app_config, verbosity=0, apps=apps)
+        create_permissions(app_config, verbosity=0, apps=apps, using=using)
     Group = apps.get_model("auth", "Group")
     Permission = apps.get_model("auth", "Permission")
 
-    platform = Permission.objects.filter(content_type__app_label__in=PLATFORM_APPS)
+    platform = (
+        Permission.objects.using(using).filter(content_type__app_label__in=PLATFORM_APPS).select_related("content_type")
+    )
     viewer_perms = list(platform.filter(codename__startswith="view_"))
     operator_perms = viewer_perms + [
         p for p in platform if f"{p.content_type.app_label}.{p.codename}" in OPERATOR_EXTRA
     ]
-    Group.objects.get_or_create(name=VIEWER)[0].permissions.set(viewer_perms)
-    Group.objects.get_or_create(name=OPERATOR)[0].permissions.set(operator_perms)
-    Group.objects.get_or_create(name=ADMINISTRATOR)[0].permissions.set(Permission.objects.all())
+    groups = Group.objects.using(using)
+    groups.get_or_create(name=VIEWER)[0].permissions.set(viewer_perms)
+    groups.get_or_create(name=OPERATOR)[0].permissions.set(operator_perms)
+    groups.get_or_create(name=ADMINISTRATOR)[0].permissions.set(Permission.objects.using(using).all())

@@ -12,3 +12,10 @@ from fluxiot.settings import *  # noqa: F403
 
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 CACHES["default"]["KEY_PREFIX"] = f"fluxiot-test-{os.getpid()}"  # noqa: F405
+
+# The embedded mode's database, for tests of code that differs by backend (tag lookups, migrations).
+DATABASES["embedded"] = {  # noqa: F405
+    "ENGINE": "django_prometheus.db.backends.sqlite3",
+    "NAME": ":memory:",
+    "TEST": {"NAME": ":memory:"},
+}

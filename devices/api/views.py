@@ -142,9 +142,7 @@ class DeviceViewSet(viewsets.ModelViewSet):
         if not rows:
             return Response({"detail": "The file has no devices."}, status=status.HTTP_400_BAD_REQUEST)
         try:
-            if cell_errors:
-                raise services.ImportFailed(cell_errors)
-            result = services.import_devices(rows, actor=request.user)
+            result = services.import_devices(rows, actor=request.user, known_errors=cell_errors)
         except services.ImportFailed as exc:
             return Response(
                 {"detail": f"Nothing imported: {len(exc.errors)} rows have errors.", "errors": exc.errors},
@@ -157,7 +155,7 @@ class DeviceGroupViewSet(viewsets.ModelViewSet):
     """The group tree. Moving a group under its own descendant is refused; a group with children or
     devices cannot be deleted (409)."""
 
-    queryset = DeviceGroup.objects.annotate(device_count=Count("devices"))
+    queryset = DeviceGroup.objects.annotate(device_count=Count("devices")).order_by("path")
     serializer_class = DeviceGroupSerializer
     filterset_class = DeviceGroupFilterSet
     ordering_fields = ["id", "name", "path", "created_at"]
