@@ -220,6 +220,11 @@ class Device(models.Model):
     def clean(self) -> None:
         super().clean()
         self.normalize()
+        # Field validators skip "empty" values, and [] or {} count as empty: check the shapes here.
+        if not isinstance(self.metadata, dict):
+            raise ValidationError({"metadata": "Metadata must be a JSON object."}, code="invalid_metadata")
+        if not isinstance(self.tags, list):
+            raise ValidationError({"tags": "Tags must be a list of strings."}, code="invalid_tags")
         if self.device_type == DeviceType.CUSTOM and not self.custom_type:
             raise ValidationError({"custom_type": "A custom device type needs its own name."}, code="required")
         if self.device_type != DeviceType.CUSTOM and self.custom_type:

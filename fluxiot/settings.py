@@ -204,6 +204,12 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    "ENUM_NAME_OVERRIDES": {
+        "DeviceStatusEnum": "devices.choices.DeviceStatus",
+        "DeviceTypeEnum": "devices.choices.DeviceType",
+        "ProtocolEnum": "devices.choices.Protocol",
+        "ActivationStateEnum": "devices.choices.ActivationState",
+    },
     # Swagger UI served from our own static files: the platform works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

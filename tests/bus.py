@@ -31,7 +31,7 @@ class BusListener:
             while True:
                 try:
                     message = await asyncio.wait_for(self.layer.receive(self.channel), timeout=wait)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return got
                 got.append(message["event"])
 

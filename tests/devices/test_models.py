@@ -92,6 +92,8 @@ def test_bad_device_ids_are_refused(device_id):
     [
         ("metadata", ["not", "an", "object"]),
         ("metadata", "text"),
+        ("metadata", []),
+        ("tags", {}),
         ("tags", "lab"),
         ("tags", [1, 2]),
         ("tags", ["has space"]),
