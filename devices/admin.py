@@ -241,7 +241,7 @@ class DeviceAdmin(admin.ModelAdmin):
             except services.ImportFailed as exc:
                 errors = exc.errors
             if errors:
-                detail = f"Nothing imported: {len(errors)} rows have errors."
+                detail = services.import_failure_summary(errors)
         context = {
             **self.admin_site.each_context(request),
             "title": "Import devices",
@@ -277,6 +277,12 @@ class DeviceGroupAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         return super().get_queryset(request).annotate(device_count=Count("devices"))
 
+    def save_model(self, request: HttpRequest, obj: DeviceGroup, form: forms.ModelForm, change: bool) -> None:
+        services.save_group(obj, actor=request.user)
+
+    def delete_model(self, request: HttpRequest, obj: DeviceGroup) -> None:
+        services.delete_group(obj, actor=request.user)
+
     @admin.display(description="name", ordering="path")
     def tree_name(self, obj: DeviceGroup) -> str:
         return format_html("{}{}", "\u2003" * max(obj.depth - 1, 0), obj.name)
@@ -305,6 +311,9 @@ class DeviceStatusChangeAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # history is append-only; it goes with its device
+
 
 @admin.register(DeviceCredential)
 class DeviceCredentialAdmin(admin.ModelAdmin):
@@ -319,3 +328,6 @@ class DeviceCredentialAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # secrets end through the device actions (disable, rotate), which announce it

@@ -6,7 +6,7 @@ from django.db.models import Q, QuerySet
 from django_filters import rest_framework as filters
 
 from devices.choices import ActivationState, DeviceStatus, DeviceType, Protocol
-from devices.models import Device, DeviceGroup
+from devices.models import Device, DeviceGroup, normalize_fingerprint
 
 
 class CommaListFilter(filters.CharFilter):
@@ -37,7 +37,7 @@ class DeviceFilterSet(filters.FilterSet):
     created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
     last_seen_after = filters.IsoDateTimeFilter(field_name="last_seen_at", lookup_expr="gte")
     last_seen_before = filters.IsoDateTimeFilter(field_name="last_seen_at", lookup_expr="lt")
-    cert_fingerprint = filters.CharFilter()
+    cert_fingerprint = filters.CharFilter(method="filter_fingerprint")
 
     class Meta:
         model = Device
@@ -46,6 +46,9 @@ class DeviceFilterSet(filters.FilterSet):
     def search(self, qs: QuerySet, name: str, value: str) -> QuerySet:
         value = value.strip()
         return qs.filter(Q(id__icontains=value) | Q(name__icontains=value)) if value else qs
+
+    def filter_fingerprint(self, qs: QuerySet, name: str, value: str) -> QuerySet:
+        return qs.filter(cert_fingerprint=normalize_fingerprint(value)) if value else qs
 
     def filter_in_group(self, qs: QuerySet, name: str, value: DeviceGroup | None) -> QuerySet:
         if value is None:

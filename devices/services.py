@@ -68,18 +68,23 @@ def create_device(*, actor: Actor, **fields: Any) -> Device:
 
 
 def update_device(device: Device, *, actor: Actor, **fields: Any) -> Device:
-    """Update a device's user-editable fields. Status and activation have their own functions."""
+    """Update a device's user-editable fields. Status and activation have their own functions.
+    Nothing is saved or announced when no value actually changes."""
     forbidden = {"id", "status", "activation_state", "activated_at"} & fields.keys()
     if forbidden:
         raise ValidationError({name: "Not editable here." for name in forbidden})
     with transaction.atomic():
+        stored = Device.objects.select_for_update().get(pk=device.pk)
         for name, value in fields.items():
             setattr(device, name, value)
         device.full_clean()
+        changed = sorted(name for name in fields if getattr(device, name) != getattr(stored, name))
+        if not changed:
+            return device
         device.save()
         events.publish(
             events.DEVICE_UPDATED,
-            {"device": device_summary(device), "fields": sorted(fields), "actor": _actor_id(actor)},
+            {"device": device_summary(device), "fields": changed, "actor": _actor_id(actor)},
         )
     return device
 
@@ -134,6 +139,7 @@ def set_status(
                 "new_status": new_status,
                 "reason": change.reason,
                 "at": when.isoformat(),
+                "actor": _actor_id(actor),
             },
         )
     return change
@@ -238,15 +244,34 @@ def move_devices(devices: Iterable[Device | str], group: DeviceGroup | None, *, 
         moved = Device.objects.filter(pk__in=ids).exclude(group=group).update(group=group, updated_at=timezone.now())
         if moved:
             events.publish(
-                events.DEVICE_UPDATED,
-                {
-                    "devices": ids[:1000],
-                    "fields": ["group"],
-                    "group": group.pk if group else None,
-                    "actor": _actor_id(actor),
-                },
+                events.DEVICES_MOVED,
+                {"devices": ids[:1000], "group": group.pk if group else None, "actor": _actor_id(actor)},
             )
     return moved
+
+
+def save_group(group: DeviceGroup, *, actor: Actor) -> DeviceGroup:
+    """Create or update a group (the model keeps the tree paths; moves under a descendant are refused)."""
+    created = group.pk is None
+    with transaction.atomic():
+        group.full_clean()
+        group.save()
+        events.publish(
+            events.GROUP_CREATED if created else events.GROUP_UPDATED,
+            {
+                "group": {"id": group.pk, "name": group.name, "parent": group.parent_id, "path": group.path},
+                "actor": _actor_id(actor),
+            },
+        )
+    return group
+
+
+def delete_group(group: DeviceGroup, *, actor: Actor) -> None:
+    """Delete an empty group; one with child groups or devices raises ProtectedError."""
+    with transaction.atomic():
+        group_id = group.pk
+        group.delete()
+        events.publish(events.GROUP_DELETED, {"group": {"id": group_id}, "actor": _actor_id(actor)})
 
 
 def devices_in_group(group: DeviceGroup, *, descendants: bool = False) -> Any:
@@ -281,6 +306,11 @@ def _merge_row_errors(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for field, messages in entry["errors"].items():
             row.setdefault(field, []).extend(messages)
     return [{"row": number, "errors": merged[number]} for number in sorted(merged)]
+
+
+def import_failure_summary(errors: list[dict[str, Any]]) -> str:
+    rows = len(errors)
+    return f"Nothing imported: {rows} {'row has' if rows == 1 else 'rows have'} errors."
 
 
 IMPORT_FIELDS = ("id", "name", "device_type", "custom_type", "protocol", "group", "tags", "metadata")

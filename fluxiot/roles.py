@@ -1,8 +1,9 @@
 """The three built-in roles, kept as Django groups.
 
-Viewer reads everything of the platform; Operator reads and acts on devices (commands arrive with the
-commands issue); Administrator may do everything. Each app's data migration calls ``sync_roles`` so
-new permissions join the roles as apps arrive.
+Viewer reads everything of the platform. Operator reads too, and gains the rights to act on devices
+(send commands, run scenes, acknowledge alarms) as those apps arrive. Administrator may do
+everything. Each app's data migration calls ``sync_roles`` so new permissions join the roles as apps
+arrive.
 """
 
 from __future__ import annotations

@@ -110,8 +110,15 @@ DATABASES = {
 DATABASES["default"]["ENGINE"] = DATABASES["default"]["ENGINE"].replace(
     "django.db.backends.", "django_prometheus.db.backends."
 )
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DATABASE_CONN_MAX_AGE", default=60))
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if "postgresql" in DATABASES["default"]["ENGINE"]:
+    # Under ASGI each request may run on its own thread, so Django's persistent connections would
+    # pile up; psycopg's pool hands connections out per request instead (CONN_MAX_AGE must be 0).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DATABASE_POOL_MIN_SIZE", default=1),
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10),
+    }
 if "sqlite" in DATABASES["default"]["ENGINE"]:
     # Several embedded processes (web, worker) share one file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
@@ -188,6 +195,9 @@ REST_FRAMEWORK = {
         "user": env.str("API_THROTTLE_USER", default="6000/min"),
     },
     "EXCEPTION_HANDLER": "fluxiot.api.exceptions.exception_handler",
+    # Client addresses for throttling: REMOTE_ADDR unless trusted proxies are declared (so a client
+    # cannot dodge the anonymous limit with its own X-Forwarded-For).
+    "NUM_PROXIES": env.int("API_NUM_PROXIES", default=0),
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 
@@ -238,8 +248,6 @@ DEVICE_IMPORT_MAX_ROWS = env.int("DEVICE_IMPORT_MAX_ROWS", default=10_000)
 DEVICE_IMPORT_MAX_BYTES = env.int("DEVICE_IMPORT_MAX_BYTES", default=5 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = DEVICE_IMPORT_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
-# How long a successful secret check is remembered in-process (seconds; 0 disables the cache).
-DEVICE_AUTH_CACHE_SECONDS = env.float("DEVICE_AUTH_CACHE_SECONDS", default=0)
 
 # --- Logging ------------------------------------------------------------------------------------
 

@@ -22,5 +22,6 @@ urlpatterns = [
     path("", include("django_prometheus.urls")),
 ]
 
+handler400 = "fluxiot.views.handler400"
 handler404 = "fluxiot.views.handler404"
 handler500 = "fluxiot.views.handler500"

@@ -72,3 +72,11 @@ def bus():
     yield listen
     for listener in listeners:
         listener.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    """Throttle counters live in the (Redis) cache: start every test from zero."""
+    from django.core.cache import cache
+
+    cache.clear()

@@ -2,15 +2,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from devices.choices import DeviceStatus
-from devices.models import Device, DeviceGroup, DeviceStatusChange
+from devices.models import (
+    Device,
+    DeviceGroup,
+    DeviceStatusChange,
+    normalize_fingerprint,
+    normalize_tags,
+    validate_tags,
+)
 from fluxiot.api.serializers import CleanModelSerializer
 
 
 class DeviceGroupSerializer(CleanModelSerializer):
-    device_count = serializers.IntegerField(read_only=True, help_text="Devices directly in this group.")
+    device_count = serializers.SerializerMethodField(help_text="Devices directly in this group.")
 
     class Meta:
         model = DeviceGroup
@@ -19,6 +27,10 @@ class DeviceGroupSerializer(CleanModelSerializer):
         # The tree's unique constraints are checked by the database; a readable message comes from
         # validate() below rather than DRF's generic one.
         validators: list[Any] = []
+
+    def get_device_count(self, group: DeviceGroup) -> int:
+        count = getattr(group, "device_count", None)  # annotated on lists
+        return group.devices.count() if count is None else count
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         attrs = super().validate(attrs)
@@ -67,15 +79,22 @@ class DeviceSerializer(CleanModelSerializer):
         return fields
 
     def validate_tags(self, value: Any) -> Any:
-        from django.core.exceptions import ValidationError as DjangoValidationError
-
-        from devices.models import normalize_tags, validate_tags
 
         try:
             validate_tags(normalize_tags(value))
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.messages) from exc
         return normalize_tags(value)
+
+    def validate_cert_fingerprint(self, value: str) -> str:
+        value = normalize_fingerprint(value or "")
+        if value:
+            clash = Device.objects.filter(cert_fingerprint=value)
+            if self.instance is not None and hasattr(self.instance, "pk"):
+                clash = clash.exclude(pk=self.instance.pk)
+            if clash.exists():
+                raise serializers.ValidationError("Another device has this certificate fingerprint.")
+        return value
 
     def validate_metadata(self, value: Any) -> Any:
         if not isinstance(value, dict):

@@ -145,7 +145,7 @@ class DeviceViewSet(viewsets.ModelViewSet):
             result = services.import_devices(rows, actor=request.user, known_errors=cell_errors)
         except services.ImportFailed as exc:
             return Response(
-                {"detail": f"Nothing imported: {len(exc.errors)} rows have errors.", "errors": exc.errors},
+                {"detail": services.import_failure_summary(exc.errors), "errors": exc.errors},
                 status=status.HTTP_400_BAD_REQUEST,
             )
         return Response({"created": result.created, "ids": result.ids}, status=status.HTTP_201_CREATED)
@@ -163,6 +163,17 @@ class DeviceGroupViewSet(viewsets.ModelViewSet):
         "devices": ["devices.view_devicegroup", "devices.view_device"],
         "move_devices": ["devices.change_device"],
     }
+
+    def perform_create(self, serializer: DeviceGroupSerializer) -> None:
+        serializer.instance = services.save_group(DeviceGroup(**serializer.validated_data), actor=self.request.user)
+
+    def perform_update(self, serializer: DeviceGroupSerializer) -> None:
+        for name, value in serializer.validated_data.items():
+            setattr(serializer.instance, name, value)
+        services.save_group(serializer.instance, actor=self.request.user)
+
+    def perform_destroy(self, instance: DeviceGroup) -> None:
+        services.delete_group(instance, actor=self.request.user)
 
     def get_serializer_class(self) -> type:
         return DeviceSerializer if self.action == "devices" else super().get_serializer_class()

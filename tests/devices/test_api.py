@@ -492,3 +492,40 @@ def test_import_limits(admin_client_api, settings):
     assert response.status_code == 400 and "bytes" in response.json()["detail"]
     assert admin_client_api.post(f"{DEVICES}import/", {}, format="multipart").status_code == 400
     assert not DeviceGroup.objects.exists() and not Device.objects.exists()
+
+
+def test_certificate_fingerprints_are_unique_and_filterable(admin_client_api, viewer_client):
+    fingerprint = "AB:" * 31 + "AB"
+    first = admin_client_api.post(DEVICES, {"id": "c1", "name": "x", "cert_fingerprint": fingerprint}, format="json")
+    assert first.status_code == 201 and first.json()["cert_fingerprint"] == "ab" * 32
+    clash = admin_client_api.post(DEVICES, {"id": "c2", "name": "x", "cert_fingerprint": "ab" * 32}, format="json")
+    assert clash.status_code == 400 and "cert_fingerprint" in clash.json()
+    assert admin_client_api.patch(f"{DEVICES}c1/", {"cert_fingerprint": fingerprint}, format="json").status_code == 200
+    assert ids(viewer_client.get(f"{DEVICES}?cert_fingerprint={fingerprint}")) == ["c1"]
+
+
+def test_group_answers_carry_device_counts(admin_client_api):
+    created = admin_client_api.post(GROUPS, {"name": "new"}, format="json")
+    assert created.status_code == 201 and created.json()["device_count"] == 0
+
+
+def test_a_body_over_the_upload_limit_is_a_json_400(admin_client_api, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = admin_client_api.post(f"{DEVICES}import/", [{"name": "x" * 50}] * 100, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Bad request."}
+
+
+def test_anonymous_throttling_ignores_a_forged_forwarded_for(api_client, monkeypatch):
+    from rest_framework.throttling import AnonRateThrottle
+
+    monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"user": "2/min", "anon": "2/min"})
+    # Login attempts are the anonymous requests worth limiting; a client rotating its own
+    # X-Forwarded-For is still one client.
+    codes = [
+        api_client.post(
+            "/api/v1/auth/token/", {"username": "x", "password": "y"}, format="json", HTTP_X_FORWARDED_FOR=f"10.0.0.{n}"
+        ).status_code
+        for n in range(4)
+    ]
+    assert codes == [401, 401, 429, 429]

@@ -194,3 +194,34 @@ def test_import_is_all_or_nothing_with_a_row_report():
     assert "non_field_errors" in report[8]
     assert "name" in report[9]
     assert not Device.objects.filter(pk="fine").exists()
+
+
+def test_update_without_a_real_change_saves_and_announces_nothing(bus, django_capture_on_commit_callbacks):
+    listener = bus(events.DEVICE_UPDATED)
+    device = DeviceFactory(name="Same", tags=["a"])
+    before = Device.objects.get(pk=device.pk).updated_at
+    with django_capture_on_commit_callbacks(execute=True):
+        services.update_device(device, actor=None, name="Same", tags=["a"])
+        services.update_device(device, actor=None, name="Other", tags=["a"])
+    assert [e["data"]["fields"] for e in listener.received()] == [["name"]]
+    assert Device.objects.get(pk=device.pk).updated_at > before
+
+
+def test_group_operations_announce(bus, django_capture_on_commit_callbacks):
+    from devices.models import DeviceGroup
+
+    listener = bus(events.GROUP_CREATED, events.GROUP_UPDATED, events.GROUP_DELETED, events.DEVICES_MOVED)
+    with django_capture_on_commit_callbacks(execute=True):
+        group = services.save_group(DeviceGroup(name="site"), actor=None)
+        group.description = "main site"
+        services.save_group(group, actor=None)
+        services.move_devices([DeviceFactory()], group, actor=None)
+        services.move_devices([], group, actor=None)  # nothing moved, nothing said
+        Device.objects.update(group=None)
+        services.delete_group(group, actor=None)
+    assert [e["type"] for e in listener.received()] == [
+        "group.created",
+        "group.updated",
+        "device.moved",
+        "group.deleted",
+    ]
