@@ -21,12 +21,16 @@ class CommaListFilter(filters.CharFilter):
 
 class DeviceFilterSet(filters.FilterSet):
     q = filters.CharFilter(method="search", label="Text search on id and name")
-    device_type = filters.MultipleChoiceFilter(choices=DeviceType.choices)
+    # No filter here joins a many-valued relation, so none needs DISTINCT (django-filter's default
+    # for multiple-choice filters, which would sort every column of every row).
+    device_type = filters.MultipleChoiceFilter(choices=DeviceType.choices, distinct=False)
     custom_type = filters.CharFilter()
-    status = filters.MultipleChoiceFilter(choices=DeviceStatus.choices)
-    protocol = filters.MultipleChoiceFilter(choices=Protocol.choices)
-    activation_state = filters.MultipleChoiceFilter(choices=ActivationState.choices)
-    group = filters.ModelMultipleChoiceFilter(queryset=DeviceGroup.objects.all(), label="In these groups (directly)")
+    status = filters.MultipleChoiceFilter(choices=DeviceStatus.choices, distinct=False)
+    protocol = filters.MultipleChoiceFilter(choices=Protocol.choices, distinct=False)
+    activation_state = filters.MultipleChoiceFilter(choices=ActivationState.choices, distinct=False)
+    group = filters.ModelMultipleChoiceFilter(
+        queryset=DeviceGroup.objects.all(), label="In these groups (directly)", distinct=False
+    )
     in_group = filters.ModelChoiceFilter(
         queryset=DeviceGroup.objects.all(), method="filter_in_group", label="In this group or any group below it"
     )
@@ -53,7 +57,10 @@ class DeviceFilterSet(filters.FilterSet):
     def filter_in_group(self, qs: QuerySet, name: str, value: DeviceGroup | None) -> QuerySet:
         if value is None:
             return qs
-        return qs.filter(group__in=DeviceGroup.objects.filter(path__startswith=value.path).values("pk"))
+        # The subtree's ids as literals: with a subquery PostgreSQL rescans the tag index once per
+        # group of the subtree (measured: 10 ms against 1.5 ms for the count of a 1,100-device tree).
+        subtree = list(DeviceGroup.objects.filter(path__startswith=value.path).values_list("pk", flat=True))
+        return qs.filter(group__in=subtree)
 
 
 class DeviceGroupFilterSet(filters.FilterSet):

@@ -169,6 +169,14 @@ class Device(models.Model):
     activation_state = models.CharField(max_length=12, choices=ActivationState, default=ActivationState.REGISTERED)
     activated_at = models.DateTimeField(null=True, blank=True)
     metadata = models.JSONField(default=dict, blank=True, validators=[validate_metadata])
+    attributes = models.JSONField(
+        default=dict, blank=True, editable=False, help_text="Client attributes the device reported (firmware, model…)."
+    )
+    heartbeat_timeout = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Seconds of silence after which the device is marked offline (empty: the platform default).",
+    )
     tags = TagsField(default=list, blank=True, validators=[validate_tags])
     group = models.ForeignKey(DeviceGroup, null=True, blank=True, on_delete=models.PROTECT, related_name="devices")
     cert_fingerprint = models.CharField(
@@ -260,6 +268,10 @@ class DeviceCredential(models.Model):
 
     device = models.OneToOneField(Device, primary_key=True, on_delete=models.CASCADE, related_name="credential")
     secret_hash = models.CharField(max_length=64)
+    # The same secret hashed the way Mosquitto's dynamic security plugin stores passwords
+    # (PBKDF2-SHA512), so `sync_broker` can rebuild the broker's accounts without knowing secrets.
+    broker_salt = models.CharField(max_length=32, blank=True)
+    broker_hash = models.CharField(max_length=100, blank=True)
     issued_at = models.DateTimeField()
 
     class Meta:

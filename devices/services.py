@@ -11,11 +11,13 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -93,6 +95,7 @@ def delete_device(device: Device, *, actor: Actor) -> None:
     with transaction.atomic():
         summary = device_summary(device)
         device.delete()
+        forget_verified(summary["id"])
         events.publish(events.DEVICE_DELETED, {"device": summary, "actor": _actor_id(actor)})
     logger.info("device %s deleted by %s", summary["id"], _actor_id(actor))
 
@@ -153,6 +156,7 @@ def hash_secret(secret: str) -> str:
 
 
 def _issue_secret(device: Device) -> str:
+    forget_verified(device.pk)
     secret = secrets.token_urlsafe(32)
     DeviceCredential.objects.update_or_create(
         device=device, defaults={"secret_hash": hash_secret(secret), "issued_at": timezone.now()}
@@ -190,6 +194,7 @@ def disable_device(device: Device | str, *, actor: Actor) -> bool:
         if locked.activation_state == ActivationState.DISABLED:
             return False
         DeviceCredential.objects.filter(device=locked).delete()
+        forget_verified(locked.pk)
         locked.activation_state = ActivationState.DISABLED
         locked.save(update_fields=["activation_state", "updated_at"])
         _announce_activation(locked, actor)
@@ -209,29 +214,58 @@ def rotate_credentials(device: Device | str, *, actor: Actor) -> str:
     return secret
 
 
-_VERIFY_SQL = None
+_VERIFY_SQL = (
+    "SELECT c.secret_hash FROM devices_devicecredential c JOIN devices_device d ON d.id = c.device_id "
+    "WHERE c.device_id = %s AND d.activation_state = 'active'"
+)
+# device id -> (secret digest, monotonic expiry); see verify_device_secret.
+_verified: dict[str, tuple[str, float]] = {}
+_VERIFIED_MAX_ENTRIES = 200_000
+
+
+def forget_verified(device_id: str) -> None:
+    """Drop a device from this process's verification cache (its credentials changed)."""
+    _verified.pop(device_id, None)
+
+
+def _stored_digest(device_id: str) -> str | None:
+    if connection.vendor == "postgresql":
+        # Server-side binding with a prepared statement: parsed and planned once per connection.
+        connection.ensure_connection()
+        with connection.connection.cursor() as cursor:
+            cursor.execute(_VERIFY_SQL, [device_id], prepare=True)
+            row = cursor.fetchone()
+    else:
+        with connection.cursor() as cursor:
+            cursor.execute(_VERIFY_SQL, [device_id])
+            row = cursor.fetchone()
+    return row[0] if row else None
 
 
 def verify_device_secret(device_id: str, secret: str) -> bool:
     """True when ``device_id`` is an active device and ``secret`` its current secret.
 
-    This is what the broker and HTTP ingest call for every login: one indexed query and a
-    constant-time comparison."""
-    global _VERIFY_SQL
+    This is what the broker and HTTP ingest call for every login, so it is one prepared, indexed
+    query and a constant-time comparison; a device's stored digest is then remembered for
+    ``DEVICE_AUTH_CACHE_SECONDS``. Changes made in this process (rotate, disable, delete) take
+    effect at once; other processes see them within that many seconds. Failed checks are never
+    cached, so a newly activated device works immediately."""
     if not device_id or not secret or len(device_id) > 64 or len(secret) > 256:
         return False
-    if _VERIFY_SQL is None:
-        _VERIFY_SQL = (
-            f"SELECT c.secret_hash FROM {DeviceCredential._meta.db_table} c "
-            f"JOIN {Device._meta.db_table} d ON d.id = c.device_id "
-            f"WHERE c.device_id = %s AND d.activation_state = %s"
-        )
-    with connection.cursor() as cursor:
-        cursor.execute(_VERIFY_SQL, [device_id, ActivationState.ACTIVE.value])
-        row = cursor.fetchone()
-    if row is None:
+    digest = hash_secret(secret)
+    ttl = settings.DEVICE_AUTH_CACHE_SECONDS
+    now = time.monotonic()
+    cached = _verified.get(device_id)
+    if cached is not None and cached[1] > now and hmac.compare_digest(cached[0], digest):
+        return True
+    stored = _stored_digest(device_id)
+    if stored is None or not hmac.compare_digest(stored, digest):
         return False
-    return hmac.compare_digest(row[0], hash_secret(secret))
+    if ttl > 0:
+        if len(_verified) >= _VERIFIED_MAX_ENTRIES:
+            _verified.clear()
+        _verified[device_id] = (stored, now + ttl)
+    return True
 
 
 # --- Groups -----------------------------------------------------------------------------------
@@ -277,7 +311,7 @@ def delete_group(group: DeviceGroup, *, actor: Actor) -> None:
 def devices_in_group(group: DeviceGroup, *, descendants: bool = False) -> Any:
     """The devices of a group, and of all groups below it when ``descendants``."""
     if descendants:
-        return Device.objects.filter(group__path__startswith=group.path)
+        return Device.objects.filter(group__in=list(group.descendants().values_list("pk", flat=True)))
     return Device.objects.filter(group=group)
 
 

@@ -67,6 +67,8 @@ INSTALLED_APPS = [
     "django_celery_beat",
     "fluxiot",
     "devices",
+    "telemetry",
+    "transport",
 ]
 
 MIDDLEWARE = [
@@ -80,6 +82,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "fluxiot.middleware.SyncChainMiddleware",
 ]
 
 ROOT_URLCONF = "fluxiot.urls"
@@ -187,8 +190,8 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": env.int("API_PAGE_SIZE", default=50),
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.AnonRateThrottle",
-        "rest_framework.throttling.UserRateThrottle",
+        "fluxiot.api.throttling.AnonRateThrottle",
+        "fluxiot.api.throttling.UserRateThrottle",
     ],
     "DEFAULT_THROTTLE_RATES": {
         "anon": env.str("API_THROTTLE_ANON", default="60/min"),
@@ -248,6 +251,53 @@ DEVICE_IMPORT_MAX_ROWS = env.int("DEVICE_IMPORT_MAX_ROWS", default=10_000)
 DEVICE_IMPORT_MAX_BYTES = env.int("DEVICE_IMPORT_MAX_BYTES", default=5 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = DEVICE_IMPORT_MAX_BYTES + 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+# How long a process trusts a device secret it has verified (seconds; 0: ask the database every
+# time). Changes made by another process reach this one within this delay.
+DEVICE_AUTH_CACHE_SECONDS = env.float("DEVICE_AUTH_CACHE_SECONDS", default=5.0)
+
+# --- MQTT and ingestion ---------------------------------------------------------------------
+
+# The MQTT broker. Unset: the embedded broker (amqtt, in-process) started by `manage.py serve`.
+MQTT_URL = env.str("MQTT_URL", default="")
+EMBEDDED_BROKER = not MQTT_URL
+EMBEDDED_BROKER_HOST = env.str("EMBEDDED_BROKER_HOST", default="127.0.0.1")
+EMBEDDED_BROKER_PORT = env.int("EMBEDDED_BROKER_PORT", default=1883)  # the next free port when taken
+# The bridge's own broker account (a dynsec client with the bridge role in production).
+MQTT_BRIDGE_USERNAME = env.str("MQTT_BRIDGE_USERNAME", default="fluxiot-bridge")
+MQTT_BRIDGE_PASSWORD = env.str("MQTT_BRIDGE_PASSWORD", default="")
+# Several bridges share the subscriptions ($share/<group>/...); each needs its own stable client id
+# so its persistent session survives restarts.
+BRIDGE_CLIENT_ID = env.str("BRIDGE_CLIENT_ID", default="fluxiot-bridge-1")
+BRIDGE_SHARE_GROUP = env.str("BRIDGE_SHARE_GROUP", default="fluxiot")
+BRIDGE_SESSION_EXPIRY = env.int("BRIDGE_SESSION_EXPIRY", default=3600)
+BRIDGE_BATCH_SIZE = env.int("BRIDGE_BATCH_SIZE", default=1000)
+BRIDGE_BATCH_MS = env.int("BRIDGE_BATCH_MS", default=50)
+BRIDGE_RECEIVE_MAXIMUM = env.int("BRIDGE_RECEIVE_MAXIMUM", default=20000)
+BRIDGE_METRICS_PORT = env.int("BRIDGE_METRICS_PORT", default=0)  # 0: no metrics endpoint
+# Mosquitto dynamic security: the admin account that may publish to $CONTROL/dynamic-security/v1.
+MQTT_DYNSEC_ENABLED = env.bool("MQTT_DYNSEC_ENABLED", default=False)
+MQTT_DYNSEC_USERNAME = env.str("MQTT_DYNSEC_USERNAME", default="fluxiot-admin")
+MQTT_DYNSEC_PASSWORD = env.str("MQTT_DYNSEC_PASSWORD", default="")
+MQTT_DYNSEC_ITERATIONS = env.int("MQTT_DYNSEC_ITERATIONS", default=101)
+
+INGEST_MAX_PAYLOAD_BYTES = env.int("INGEST_MAX_PAYLOAD_BYTES", default=64 * 1024)
+INGEST_MAX_KEYS = env.int("INGEST_MAX_KEYS", default=200)
+INGEST_MAX_FUTURE_SECONDS = env.int("INGEST_MAX_FUTURE_SECONDS", default=300)
+INGEST_MAX_AGE_DAYS = env.int("INGEST_MAX_AGE_DAYS", default=30)
+DEAD_LETTER_MAX_ROWS = env.int("DEAD_LETTER_MAX_ROWS", default=10_000)
+DEVICE_HEARTBEAT_TIMEOUT = env.int("DEVICE_HEARTBEAT_TIMEOUT", default=300)
+TELEMETRY_PARTITION_DAYS_AHEAD = env.int("TELEMETRY_PARTITION_DAYS_AHEAD", default=7)
+WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
+
+CELERY_ACCEPT_CONTENT = ["json", "msgpack"]
+CELERY_BEAT_SCHEDULE = {
+    "mark-silent-devices-offline": {
+        "task": "telemetry.tasks.mark_silent_devices_offline",
+        "schedule": env.float("LIVENESS_CHECK_SECONDS", default=15.0),
+    },
+    "create-telemetry-partitions": {"task": "telemetry.tasks.create_partitions", "schedule": 3600.0},
+    "trim-dead-letters": {"task": "telemetry.tasks.trim_dead_letters", "schedule": 300.0},
+}
 
 # --- Logging ------------------------------------------------------------------------------------
 

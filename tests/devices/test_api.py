@@ -4,11 +4,11 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
-from rest_framework.throttling import UserRateThrottle
 
 from devices import services
 from devices.choices import DeviceStatus
 from devices.models import Device, DeviceGroup
+from fluxiot.api.throttling import UserRateThrottle
 from tests.factories import DeviceFactory, DeviceGroupFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -517,7 +517,7 @@ def test_a_body_over_the_upload_limit_is_a_json_400(admin_client_api, settings):
 
 
 def test_anonymous_throttling_ignores_a_forged_forwarded_for(api_client, monkeypatch):
-    from rest_framework.throttling import AnonRateThrottle
+    from fluxiot.api.throttling import AnonRateThrottle
 
     monkeypatch.setattr(AnonRateThrottle, "THROTTLE_RATES", {"user": "2/min", "anon": "2/min"})
     # Login attempts are the anonymous requests worth limiting; a client rotating its own

@@ -225,3 +225,38 @@ def test_group_operations_announce(bus, django_capture_on_commit_callbacks):
         "device.moved",
         "group.deleted",
     ]
+
+
+def test_verification_cache_forgets_at_once_on_changes_in_this_process(settings):
+    settings.DEVICE_AUTH_CACHE_SECONDS = 60
+    device = DeviceFactory()
+    old = services.activate_device(device, actor=None)
+    assert services.verify_device_secret(device.id, old)  # now cached
+    new = services.rotate_credentials(device, actor=None)
+    assert not services.verify_device_secret(device.id, old)
+    assert services.verify_device_secret(device.id, new)
+    services.disable_device(device, actor=None)
+    assert not services.verify_device_secret(device.id, new)
+
+
+def test_verification_cache_expires_for_changes_made_elsewhere(settings):
+    """Another process's rotation (simulated by writing the row directly) is seen after the TTL."""
+    import time
+
+    settings.DEVICE_AUTH_CACHE_SECONDS = 0.2
+    device = DeviceFactory()
+    secret = services.activate_device(device, actor=None)
+    assert services.verify_device_secret(device.id, secret)
+    DeviceCredential.objects.filter(device=device).update(secret_hash=services.hash_secret("elsewhere"))
+    time.sleep(0.3)
+    assert not services.verify_device_secret(device.id, secret)
+    assert services.verify_device_secret(device.id, "elsewhere")
+
+
+def test_verification_without_cache_asks_the_database_each_time(settings):
+    settings.DEVICE_AUTH_CACHE_SECONDS = 0
+    device = DeviceFactory()
+    secret = services.activate_device(device, actor=None)
+    assert services.verify_device_secret(device.id, secret)
+    DeviceCredential.objects.filter(device=device).update(secret_hash=services.hash_secret("elsewhere"))
+    assert not services.verify_device_secret(device.id, secret)
