@@ -110,11 +110,15 @@ class DeviceAdmin(admin.ModelAdmin):
         "created_at",
         "updated_at",
         "has_secret",
+        "attributes",
     ]
     fieldsets = [
         (None, {"fields": ["id", "name", "device_type", "custom_type", "protocol", "group", "tags"]}),
         ("State", {"fields": ["status", "activation_state", "activated_at", "has_secret", "last_seen_at"]}),
-        ("Details", {"fields": ["metadata", "cert_fingerprint", "created_at", "updated_at"]}),
+        (
+            "Details",
+            {"fields": ["metadata", "attributes", "heartbeat_timeout", "cert_fingerprint", "created_at", "updated_at"]},
+        ),
     ]
     inlines = [StatusHistoryInline]
     actions = ["activate_devices", "disable_devices", "rotate_device_credentials", "move_to_group"]

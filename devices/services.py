@@ -7,6 +7,7 @@ commit.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import logging
@@ -23,6 +24,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 
+from devices import hooks
 from devices.choices import ActivationState, DeviceStatus
 from devices.models import Device, DeviceCredential, DeviceGroup, DeviceStatusChange
 from fluxiot import events
@@ -97,6 +99,7 @@ def delete_device(device: Device, *, actor: Actor) -> None:
         device.delete()
         forget_verified(summary["id"])
         events.publish(events.DEVICE_DELETED, {"device": summary, "actor": _actor_id(actor)})
+        _credentials_changed(summary["id"], None, "deleted")
     logger.info("device %s deleted by %s", summary["id"], _actor_id(actor))
 
 
@@ -111,14 +114,17 @@ def set_status(
     reason: str = "",
     metadata: dict[str, Any] | None = None,
     at: datetime | None = None,
+    only_from: Iterable[str] | None = None,
 ) -> DeviceStatusChange | None:
     """Change a device's status, writing its history row and announcing it. The one way any status
-    changes. Returns the history row, or None when the status was already ``new_status``."""
+    changes. Returns the history row, or None when the status was already ``new_status`` (or, with
+    ``only_from``, when the current status is not one of those: automatic changes such as
+    "telemetry arrived, so online" must not override an operator's ``maintenance``)."""
     if new_status not in DeviceStatus.values:
         raise ValidationError({"status": f"Unknown status {new_status!r}."})
     with transaction.atomic():
         locked = _lock(device)
-        if locked.status == new_status:
+        if locked.status == new_status or (only_from is not None and locked.status not in only_from):
             return None
         when = at or timezone.now()
         change = DeviceStatusChange.objects.create(
@@ -155,13 +161,43 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def broker_password_hash(password: str, *, salt: bytes | None = None, iterations: int | None = None) -> tuple[str, str]:
+    """``(salt, hash)`` the way Mosquitto's dynamic security plugin stores a password: both base64,
+    the hash PBKDF2-HMAC-SHA512 over a 12-byte salt with ``MQTT_DYNSEC_ITERATIONS`` rounds."""
+    salt = salt if salt is not None else secrets.token_bytes(12)
+    rounds = iterations if iterations is not None else settings.MQTT_DYNSEC_ITERATIONS
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, rounds)
+    return base64.b64encode(salt).decode(), base64.b64encode(digest).decode()
+
+
 def _issue_secret(device: Device) -> str:
     forget_verified(device.pk)
     secret = secrets.token_urlsafe(32)
+    broker_salt, broker_hash = broker_password_hash(secret)
     DeviceCredential.objects.update_or_create(
-        device=device, defaults={"secret_hash": hash_secret(secret), "issued_at": timezone.now()}
+        device=device,
+        defaults={
+            "secret_hash": hash_secret(secret),
+            "broker_salt": broker_salt,
+            "broker_hash": broker_hash,
+            "issued_at": timezone.now(),
+        },
     )
     return secret
+
+
+def _credentials_changed(device_id: str, secret: str | None, action: str) -> None:
+    """Tell the hooks (the MQTT broker sync) once the transaction commits. The registry is the record:
+    a failing hook is logged, never raised to the caller; ``sync_broker`` repairs the broker later."""
+
+    def notify() -> None:
+        for hook in list(hooks.credentials_changed):
+            try:
+                hook(device_id, secret, action)
+            except Exception:
+                logger.exception("credentials hook %r failed for device %s (%s)", hook, device_id, action)
+
+    transaction.on_commit(notify)
 
 
 def _announce_activation(device: Device, actor: Actor) -> None:
@@ -183,6 +219,7 @@ def activate_device(device: Device | str, *, actor: Actor) -> str:
         locked.activated_at = timezone.now()
         locked.save(update_fields=["activation_state", "activated_at", "updated_at"])
         _announce_activation(locked, actor)
+        _credentials_changed(locked.id, secret, "activated")
     logger.info("device %s activated by %s", locked.id, _actor_id(actor))
     return secret
 
@@ -198,6 +235,7 @@ def disable_device(device: Device | str, *, actor: Actor) -> bool:
         locked.activation_state = ActivationState.DISABLED
         locked.save(update_fields=["activation_state", "updated_at"])
         _announce_activation(locked, actor)
+        _credentials_changed(locked.id, None, "disabled")
     logger.info("device %s disabled by %s", locked.id, _actor_id(actor))
     return True
 
@@ -210,6 +248,7 @@ def rotate_credentials(device: Device | str, *, actor: Actor) -> str:
             raise ConflictError("Only an active device has credentials to rotate; activate it first.")
         secret = _issue_secret(locked)
         events.publish(events.DEVICE_CREDENTIALS_ROTATED, {"device": locked.id, "actor": _actor_id(actor)})
+        _credentials_changed(locked.id, secret, "rotated")
     logger.info("device %s credentials rotated by %s", locked.id, _actor_id(actor))
     return secret
 

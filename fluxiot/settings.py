@@ -278,7 +278,11 @@ BRIDGE_METRICS_PORT = env.int("BRIDGE_METRICS_PORT", default=0)  # 0: no metrics
 MQTT_DYNSEC_ENABLED = env.bool("MQTT_DYNSEC_ENABLED", default=False)
 MQTT_DYNSEC_USERNAME = env.str("MQTT_DYNSEC_USERNAME", default="fluxiot-admin")
 MQTT_DYNSEC_PASSWORD = env.str("MQTT_DYNSEC_PASSWORD", default="")
+# PBKDF2 rounds of the broker hashes the registry stores; change it only together with rotating every
+# device's credentials (stored hashes keep the rounds they were made with, `sync_broker` assumes this).
 MQTT_DYNSEC_ITERATIONS = env.int("MQTT_DYNSEC_ITERATIONS", default=101)
+# Seconds to wait for the broker when the registry tells it about a device (connect, then each answer).
+MQTT_DYNSEC_TIMEOUT = env.float("MQTT_DYNSEC_TIMEOUT", default=5.0)
 
 INGEST_MAX_PAYLOAD_BYTES = env.int("INGEST_MAX_PAYLOAD_BYTES", default=64 * 1024)
 INGEST_MAX_KEYS = env.int("INGEST_MAX_KEYS", default=200)

@@ -8,6 +8,8 @@ from fluxiot import views
 api_v1 = [
     path("auth/token/", TokenObtainPairView.as_view(), name="token_obtain_pair"),
     path("auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
+    path("", include("transport.api.urls")),
+    path("", include("telemetry.api.urls")),
     path("", include("devices.api.urls")),
 ]
 

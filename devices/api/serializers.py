@@ -61,15 +61,25 @@ class DeviceSerializer(CleanModelSerializer):
             "activation_state",
             "activated_at",
             "metadata",
+            "attributes",
             "tags",
             "group",
             "group_name",
             "cert_fingerprint",
+            "heartbeat_timeout",
             "last_seen_at",
             "created_at",
             "updated_at",
         ]
-        read_only_fields = ["status", "activation_state", "activated_at", "last_seen_at", "created_at", "updated_at"]
+        read_only_fields = [
+            "status",
+            "activation_state",
+            "activated_at",
+            "attributes",
+            "last_seen_at",
+            "created_at",
+            "updated_at",
+        ]
         extra_kwargs = {"id": {"required": False}}
 
     def get_fields(self) -> dict[str, serializers.Field]:

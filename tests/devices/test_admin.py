@@ -74,6 +74,8 @@ def test_add_and_edit_a_device_with_tags(staff_client):
         "cert_fingerprint": "",
         "status_changes-TOTAL_FORMS": "0",
         "status_changes-INITIAL_FORMS": "0",
+        "latest_values-TOTAL_FORMS": "0",
+        "latest_values-INITIAL_FORMS": "0",
     }
     response = staff_client.post(reverse("admin:devices_device_add"), form)
     assert response.status_code == 302, response.context["adminform"].form.errors if response.context else ""

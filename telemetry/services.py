@@ -1,0 +1,337 @@
+"""Ingestion: from raw broker messages to stored points, latest values, liveness and events.
+
+``ingest_batch`` takes what the bridge (or HTTP ingest) hands off — ``[topic, payload, received_ms]``
+items, with a 4th element ``"oversize"`` for payloads the bridge cut short — and does all of it per
+batch: one COPY, one latest-values upsert, one last-seen update, one live event. A bad message is
+dead-lettered with its reason and never disturbs the rest of the batch. Running a batch twice stores
+nothing twice (points are keyed by device, key and time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from devices import services as device_services
+from devices.choices import ActivationState, DeviceStatus
+from devices.models import Device
+from fluxiot import events
+from telemetry import metrics
+from telemetry.choices import RejectReason
+from telemetry.models import DeadLetter
+from telemetry.store import Point, get_store
+
+logger = logging.getLogger(__name__)
+
+TOPIC_RE = re.compile(r"^devices/([A-Za-z0-9][A-Za-z0-9_-]{0,63})/(telemetry|attributes|status)$")
+REPLY_TOPIC_RE = re.compile(r"^devices/([A-Za-z0-9][A-Za-z0-9_-]{0,63})/commands/([^/]+)/reply$")
+KEY_MAX_LENGTH = 128
+STRING_VALUE_MAX_LENGTH = 4096
+MAX_OBJECTS_PER_MESSAGE = 1000
+DEAD_LETTER_PAYLOAD_BYTES = 2048
+
+
+class Reject(Exception):
+    """A message that cannot be ingested, and why."""
+
+    def __init__(self, reason: RejectReason, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --- Parsing (shared with HTTP ingest) -----------------------------------------------------------
+
+
+def parse_timestamp(raw: Any, now: datetime) -> datetime:
+    """Epoch seconds or milliseconds, or ISO 8601 (naive means UTC), within the accepted window."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise Reject(RejectReason.BAD_TIMESTAMP, f"ts must be a number or an ISO 8601 string, not {raw!r}")
+    try:
+        if isinstance(raw, str):
+            ts = datetime.fromisoformat(raw)
+            ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)
+        else:
+            if not math.isfinite(raw):
+                raise ValueError(raw)
+            seconds = raw / 1000 if abs(raw) >= 1e11 else raw  # 1e11 s is the year 5138; ms otherwise
+            ts = datetime.fromtimestamp(seconds, UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise Reject(RejectReason.BAD_TIMESTAMP, f"unreadable ts {raw!r}") from exc
+    if ts > now + timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS):
+        raise Reject(RejectReason.FUTURE_TIMESTAMP, f"ts {ts.isoformat()} is in the future")
+    if ts < now - timedelta(days=settings.INGEST_MAX_AGE_DAYS):
+        raise Reject(
+            RejectReason.OLD_TIMESTAMP, f"ts {ts.isoformat()} is older than {settings.INGEST_MAX_AGE_DAYS} days"
+        )
+    return ts
+
+
+def _load_json(payload: bytes) -> Any:
+    if len(payload) > settings.INGEST_MAX_PAYLOAD_BYTES:
+        raise Reject(RejectReason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes")
+    try:
+        return json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise Reject(RejectReason.MALFORMED_JSON, str(exc)[:200]) from exc
+
+
+def _check_value(key: str, value: Any) -> None:
+    if value is None:
+        raise Reject(RejectReason.UNSUPPORTED_VALUE, f"{key} is null")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Reject(RejectReason.UNSUPPORTED_VALUE, f"{key} is not a finite number")
+    if isinstance(value, str) and len(value) > STRING_VALUE_MAX_LENGTH:
+        raise Reject(RejectReason.UNSUPPORTED_VALUE, f"{key} is a string over {STRING_VALUE_MAX_LENGTH} characters")
+    if not isinstance(value, (bool, int, float, str, dict, list)):
+        raise Reject(RejectReason.UNSUPPORTED_VALUE, f"{key} has an unsupported type")
+
+
+def parse_telemetry(device_id: str, payload: bytes, received: datetime, now: datetime | None = None) -> list[Point]:
+    """The points of one telemetry payload: an object of ``{"key": value}`` with an optional
+    ``"ts"``, or a list of such objects. Any bad part rejects the whole message."""
+    now = now or timezone.now()
+    data = _load_json(payload)
+    objects = data if isinstance(data, list) else [data]
+    if not objects or len(objects) > MAX_OBJECTS_PER_MESSAGE or not all(isinstance(o, dict) for o in objects):
+        raise Reject(RejectReason.NOT_AN_OBJECT, f"expected an object or a list of 1-{MAX_OBJECTS_PER_MESSAGE} objects")
+    points: list[Point] = []
+    for obj in objects:
+        ts = parse_timestamp(obj["ts"], now) if "ts" in obj else received
+        values = {k: v for k, v in obj.items() if k != "ts"}
+        if len(values) > settings.INGEST_MAX_KEYS:
+            raise Reject(RejectReason.TOO_MANY_KEYS, f"{len(values)} keys, at most {settings.INGEST_MAX_KEYS}")
+        for key, value in values.items():
+            if not key or len(key) > KEY_MAX_LENGTH or not key.isprintable():
+                raise Reject(RejectReason.BAD_KEY, f"bad key {key[:40]!r}")
+            _check_value(key, value)
+            points.append(Point(device_id, key, ts, value))
+    return points
+
+
+def parse_attributes(payload: bytes) -> dict[str, Any]:
+    data = _load_json(payload)
+    if not isinstance(data, dict) or not data:
+        raise Reject(RejectReason.NOT_AN_OBJECT, "attributes are a non-empty JSON object")
+    if len(data) > settings.INGEST_MAX_KEYS:
+        raise Reject(RejectReason.TOO_MANY_KEYS, f"{len(data)} keys")
+    for key, value in data.items():
+        if not key or len(key) > KEY_MAX_LENGTH:
+            raise Reject(RejectReason.BAD_KEY, f"bad key {key[:40]!r}")
+        if value is not None:
+            _check_value(key, value)
+    return data
+
+
+def parse_status(payload: bytes) -> str:
+    text = payload.decode("utf-8", "replace").strip().strip('"').lower()
+    if text not in (DeviceStatus.ONLINE, DeviceStatus.OFFLINE):
+        raise Reject(RejectReason.BAD_STATUS, f"status {text[:40]!r}")
+    return text
+
+
+# --- The batch ---------------------------------------------------------------------------------
+
+
+@dataclass
+class IngestResult:
+    messages: int = 0
+    points: int = 0
+    stored: int = 0
+    rejected: Counter = field(default_factory=Counter)
+
+    @property
+    def duplicates(self) -> int:
+        return self.points - self.stored
+
+
+@dataclass
+class _DeviceState:
+    status: str
+    last_seen: datetime | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+    latest: dict[str, tuple[datetime, Any]] = field(default_factory=dict)
+    status_reason: str = ""
+
+
+def _dead_letter(topic: str, payload: bytes, received: datetime, reject: Reject, device_id: str = "") -> DeadLetter:
+    return DeadLetter(
+        received_at=received,
+        topic=topic[:255],
+        device_id=device_id[:64],
+        reason=reject.reason,
+        detail=reject.detail[:500],
+        payload=bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]).decode("utf-8", "backslashreplace"),
+    )
+
+
+def ingest_batch(items: list[list[Any]]) -> IngestResult:
+    """Ingest one batch of ``[topic, payload, received_ms(, "oversize")]`` items."""
+    result = IngestResult(messages=len(items))
+    now = timezone.now()
+    parsed: list[tuple[str, str, bytes, datetime, bool]] = []
+    dead: list[DeadLetter] = []
+    for item in items:
+        topic, payload, received_ms = item[0], bytes(item[1]), item[2]
+        received = datetime.fromtimestamp(received_ms / 1000, UTC)
+        match = TOPIC_RE.match(topic)
+        if match is None:
+            reject = Reject(RejectReason.BAD_TOPIC, topic[:200])
+            dead.append(_dead_letter(topic, payload, received, reject))
+            continue
+        parsed.append((match.group(1), match.group(2), payload, received, len(item) > 3 and item[3] == "oversize"))
+
+    known = {
+        device_id: (state, status)
+        for device_id, state, status in Device.objects.filter(pk__in={p[0] for p in parsed}).values_list(
+            "id", "activation_state", "status"
+        )
+    }
+    devices: dict[str, _DeviceState] = {}
+    points: list[Point] = []
+    for device_id, kind, payload, received, oversize in parsed:
+        topic = f"devices/{device_id}/{kind}"
+        try:
+            if device_id not in known:
+                raise Reject(RejectReason.UNKNOWN_DEVICE, device_id)
+            activation, status = known[device_id]
+            if activation != ActivationState.ACTIVE:
+                raise Reject(RejectReason.DEVICE_NOT_ACTIVE, f"{device_id} is {activation}")
+            if oversize:
+                raise Reject(RejectReason.PAYLOAD_TOO_LARGE, f"over {settings.INGEST_MAX_PAYLOAD_BYTES} bytes")
+            state = devices.setdefault(device_id, _DeviceState(status=status))
+            if kind == "telemetry":
+                new_points = parse_telemetry(device_id, payload, received, now)
+                points.extend(new_points)
+                for point in new_points:
+                    seen = state.latest.get(point.key)
+                    if seen is None or seen[0] <= point.ts:
+                        state.latest[point.key] = (point.ts, point.value)
+                _came_online(state)
+            elif kind == "attributes":
+                state.attributes.update(parse_attributes(payload))
+                _came_online(state)
+            else:
+                reported = parse_status(payload)
+                if state.status in (DeviceStatus.ONLINE, DeviceStatus.OFFLINE) and state.status != reported:
+                    state.status = reported
+                    state.status_reason = f"device reported {reported}"
+            if state.last_seen is None or state.last_seen < received:
+                state.last_seen = received
+        except Reject as reject:
+            dead.append(_dead_letter(topic, payload, received, reject, device_id))
+
+    result.points = len(points)
+    with transaction.atomic():
+        result.stored = get_store().write(points)
+        _update_devices(devices, known)
+        if dead:
+            DeadLetter.objects.bulk_create(dead)
+        if devices:
+            _announce(devices)
+    for letter in dead:
+        result.rejected[letter.reason] += 1
+    metrics.record_batch(result)
+    return result
+
+
+def _came_online(state: _DeviceState) -> None:
+    if state.status == DeviceStatus.OFFLINE:
+        state.status = DeviceStatus.ONLINE
+        state.status_reason = "data received"
+
+
+def _update_devices(devices: dict[str, _DeviceState], known: dict[str, tuple[str, str]]) -> None:
+    seen = sorted((device_id, s.last_seen) for device_id, s in devices.items() if s.last_seen is not None)
+    if seen:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute(
+                    "UPDATE devices_device AS d SET last_seen_at = v.ts "
+                    "FROM unnest(%s::varchar[], %s::timestamptz[]) AS v(id, ts) "
+                    "WHERE d.id = v.id AND (d.last_seen_at IS NULL OR d.last_seen_at < v.ts)",
+                    [[i for i, _ in seen], [t for _, t in seen]],
+                )
+            else:
+                adapt = connection.ops.adapt_datetimefield_value
+                cursor.executemany(
+                    "UPDATE devices_device SET last_seen_at = %s WHERE id = %s "
+                    "AND (last_seen_at IS NULL OR last_seen_at < %s)",
+                    [(adapt(t), i, adapt(t)) for i, t in seen],
+                )
+    for device_id, state in sorted(devices.items()):
+        if state.attributes:
+            device = Device.objects.select_for_update().only("attributes").get(pk=device_id)
+            device.attributes = {**device.attributes, **state.attributes}
+            device.save(update_fields=["attributes"])
+            events.publish(events.DEVICE_ATTRIBUTES_UPDATED, {"device": device_id, "attributes": state.attributes})
+        if state.status != known[device_id][1]:
+            device_services.set_status(
+                device_id,
+                state.status,
+                reason=state.status_reason,
+                at=state.last_seen,
+                only_from=(DeviceStatus.ONLINE, DeviceStatus.OFFLINE),
+            )
+
+
+def _announce(devices: dict[str, _DeviceState]) -> None:
+    """One live event for the whole batch, coalesced per device (its newest value of each key)."""
+    payload = {
+        device_id: {
+            "last_seen": state.last_seen.isoformat() if state.last_seen else None,
+            "values": {key: {"ts": ts.isoformat(), "value": value} for key, (ts, value) in state.latest.items()},
+        }
+        for device_id, state in devices.items()
+        if state.latest
+    }
+    if payload:
+        events.publish(events.TELEMETRY_RECEIVED, {"devices": payload})
+
+
+# --- Liveness and housekeeping --------------------------------------------------------------------
+
+
+def mark_silent_devices_offline(now: datetime | None = None) -> int:
+    """Online devices silent past their heartbeat timeout (or the platform default) go offline."""
+    now = now or timezone.now()
+    online = Device.objects.filter(status=DeviceStatus.ONLINE, last_seen_at__isnull=False)
+    changed = 0
+    for timeout in online.order_by().values_list("heartbeat_timeout", flat=True).distinct():
+        seconds = timeout or settings.DEVICE_HEARTBEAT_TIMEOUT
+        silent = online.filter(heartbeat_timeout=timeout, last_seen_at__lt=now - timedelta(seconds=seconds))
+        for device_id in silent.values_list("pk", flat=True):
+            reason = f"no message for {seconds} s (heartbeat timeout)"
+            change = device_services.set_status(
+                device_id, DeviceStatus.OFFLINE, reason=reason, only_from=(DeviceStatus.ONLINE,)
+            )
+            changed += change is not None
+    return changed
+
+
+def trim_dead_letters() -> int:
+    """Keep the newest DEAD_LETTER_MAX_ROWS dead letters."""
+    cutoff = DeadLetter.objects.order_by("-id").values_list("id", flat=True)[
+        settings.DEAD_LETTER_MAX_ROWS : settings.DEAD_LETTER_MAX_ROWS + 1
+    ]
+    cutoff_id = next(iter(cutoff), None)
+    if cutoff_id is None:
+        return 0
+    deleted, _ = DeadLetter.objects.filter(id__lte=cutoff_id).delete()
+    return deleted
+
+
+def create_partitions(days_ahead: int | None = None) -> None:
+    days_ahead = settings.TELEMETRY_PARTITION_DAYS_AHEAD if days_ahead is None else days_ahead
+    today = timezone.now().astimezone(UTC).date()
+    get_store().ensure_partitions(today + timedelta(days=n) for n in range(-1, days_ahead + 1))
