@@ -125,7 +125,8 @@ class SQLiteStore:
         with transaction.atomic(), connection.cursor() as cursor:
             before = _sqlite_changes(cursor)
             cursor.executemany(
-                "INSERT OR IGNORE INTO telemetry_point (device_id, key, ts, value_num, value_bool, value_str, value_json) "
+                "INSERT OR IGNORE INTO telemetry_point "
+                "(device_id, key, ts, value_num, value_bool, value_str, value_json) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 rows,
             )
