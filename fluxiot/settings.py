@@ -290,6 +290,9 @@ INGEST_MAX_FUTURE_SECONDS = env.int("INGEST_MAX_FUTURE_SECONDS", default=300)
 INGEST_MAX_AGE_DAYS = env.int("INGEST_MAX_AGE_DAYS", default=30)
 DEAD_LETTER_MAX_ROWS = env.int("DEAD_LETTER_MAX_ROWS", default=10_000)
 DEVICE_HEARTBEAT_TIMEOUT = env.int("DEVICE_HEARTBEAT_TIMEOUT", default=300)
+# A device's last_seen_at is rewritten only when it lags this much (one row update per device every
+# few seconds instead of one per batch); keep it well under the heartbeat timeout.
+LAST_SEEN_RESOLUTION_SECONDS = env.float("LAST_SEEN_RESOLUTION_SECONDS", default=5.0)
 TELEMETRY_PARTITION_DAYS_AHEAD = env.int("TELEMETRY_PARTITION_DAYS_AHEAD", default=7)
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
 

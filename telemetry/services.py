@@ -106,17 +106,25 @@ def parse_telemetry(device_id: str, payload: bytes, received: datetime, now: dat
     if not objects or len(objects) > MAX_OBJECTS_PER_MESSAGE or not all(isinstance(o, dict) for o in objects):
         raise Reject(RejectReason.NOT_AN_OBJECT, f"expected an object or a list of 1-{MAX_OBJECTS_PER_MESSAGE} objects")
     points: list[Point] = []
+    max_keys = settings.INGEST_MAX_KEYS
     for obj in objects:
         ts = parse_timestamp(obj["ts"], now) if "ts" in obj else received
-        values = {k: v for k, v in obj.items() if k != "ts"}
-        if len(values) > settings.INGEST_MAX_KEYS:
-            raise Reject(RejectReason.TOO_MANY_KEYS, f"{len(values)} keys, at most {settings.INGEST_MAX_KEYS}")
-        for key, value in values.items():
+        if len(obj) - ("ts" in obj) > max_keys:
+            raise Reject(RejectReason.TOO_MANY_KEYS, f"{len(obj)} keys, at most {max_keys}")
+        for key, value in obj.items():
+            if key == "ts":
+                continue
             if not key or len(key) > KEY_MAX_LENGTH or not key.isprintable():
                 raise Reject(RejectReason.BAD_KEY, f"bad key {key[:40]!r}")
-            _check_value(key, value)
+            if type(value) not in _PLAIN_TYPES:  # ints, bools and short strings need no closer look
+                _check_value(key, value)
+            elif type(value) is str and len(value) > STRING_VALUE_MAX_LENGTH:
+                _check_value(key, value)
             points.append(Point(device_id, key, ts, value))
     return points
+
+
+_PLAIN_TYPES = frozenset({int, bool, str})
 
 
 def parse_attributes(payload: bytes) -> dict[str, Any]:
@@ -252,22 +260,25 @@ def _came_online(state: _DeviceState) -> None:
 
 
 def _update_devices(devices: dict[str, _DeviceState], known: dict[str, tuple[str, str]]) -> None:
+    resolution = timedelta(seconds=settings.LAST_SEEN_RESOLUTION_SECONDS)
     seen = sorted((device_id, s.last_seen) for device_id, s in devices.items() if s.last_seen is not None)
     if seen:
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
+                # Only rows whose last_seen_at lags by LAST_SEEN_RESOLUTION_SECONDS are rewritten: a
+                # chatty device costs one row update every few seconds, not one per batch.
                 cursor.execute(
                     "UPDATE devices_device AS d SET last_seen_at = v.ts "
                     "FROM unnest(%s::varchar[], %s::timestamptz[]) AS v(id, ts) "
-                    "WHERE d.id = v.id AND (d.last_seen_at IS NULL OR d.last_seen_at < v.ts)",
-                    [[i for i, _ in seen], [t for _, t in seen]],
+                    "WHERE d.id = v.id AND (d.last_seen_at IS NULL OR d.last_seen_at < v.ts - %s)",
+                    [[i for i, _ in seen], [t for _, t in seen], resolution],
                 )
             else:
                 adapt = connection.ops.adapt_datetimefield_value
                 cursor.executemany(
                     "UPDATE devices_device SET last_seen_at = %s WHERE id = %s "
                     "AND (last_seen_at IS NULL OR last_seen_at < %s)",
-                    [(adapt(t), i, adapt(t)) for i, t in seen],
+                    [(adapt(t), i, adapt(t - resolution)) for i, t in seen],
                 )
     for device_id, state in sorted(devices.items()):
         if state.attributes:
@@ -286,11 +297,14 @@ def _update_devices(devices: dict[str, _DeviceState], known: dict[str, tuple[str
 
 
 def _announce(devices: dict[str, _DeviceState]) -> None:
-    """One live event for the whole batch, coalesced per device (its newest value of each key)."""
+    """One live event for the whole batch, coalesced per device (its newest value of each key);
+    times are epoch milliseconds."""
     payload = {
         device_id: {
-            "last_seen": state.last_seen.isoformat() if state.last_seen else None,
-            "values": {key: {"ts": ts.isoformat(), "value": value} for key, (ts, value) in state.latest.items()},
+            "last_seen": int(state.last_seen.timestamp() * 1000) if state.last_seen else None,
+            "values": {
+                key: {"ts": int(ts.timestamp() * 1000), "value": value} for key, (ts, value) in state.latest.items()
+            },
         }
         for device_id, state in devices.items()
         if state.latest

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import DatabaseError, connection, transaction
 from psycopg.errors import CheckViolation
@@ -21,8 +20,7 @@ from psycopg.errors import CheckViolation
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Point:
+class Point(NamedTuple):
     device_id: str
     key: str
     ts: datetime

@@ -26,6 +26,8 @@ class BusListener:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
 
     def received(self, wait: float = 0.5) -> list[dict]:
+        events.flush()  # what this process published has left it
+
         async def drain() -> list[dict]:
             got = []
             while True:
