@@ -13,7 +13,9 @@ from fluxiot.settings import *  # noqa: F403
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 # One test database per run, so concurrent runs on one machine (a developer and CI) never collide.
 DATABASES["default"]["TEST"] = {"NAME": f"test_fluxiot_{os.getpid()}"}  # noqa: F405
+# Per-run Redis namespaces: concurrent runs on one machine share the Redis server.
 CACHES["default"]["KEY_PREFIX"] = f"fluxiot-test-{os.getpid()}"  # noqa: F405
+CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"fluxiot-test-{os.getpid()}"  # noqa: F405
 
 # The embedded mode's database, for tests of code that differs by backend (tag lookups, migrations).
 DATABASES["embedded"] = {  # noqa: F405
