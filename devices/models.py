@@ -228,6 +228,9 @@ class Device(models.Model):
     def clean(self) -> None:
         super().clean()
         self.normalize()
+        if self.id in (settings.MQTT_BRIDGE_USERNAME, settings.MQTT_DYNSEC_USERNAME):
+            # The broker accounts of the platform itself: a device of that name could log in as them.
+            raise ValidationError({"id": f"{self.id!r} is reserved for the platform's broker accounts."})
         # Field validators skip "empty" values, and [] or {} count as empty: check the shapes here.
         if not isinstance(self.metadata, dict):
             raise ValidationError({"metadata": "Metadata must be a JSON object."}, code="invalid_metadata")

@@ -4,6 +4,9 @@ from rest_framework.test import APIClient
 from fluxiot import roles
 from tests.factories import UserFactory
 
+# Private Mosquitto brokers (mosquitto_broker, dynsec_broker, dynsec_settings).
+pytest_plugins = ["tests.brokers"]
+
 
 @pytest.fixture
 def api_client():
@@ -75,8 +78,14 @@ def bus():
 
 
 @pytest.fixture(autouse=True)
-def _fresh_cache():
-    """Throttle counters live in the (Redis) cache: start every test from zero."""
-    from django.core.cache import cache
+def _fresh_cache(settings):
+    """Throttle counters live in the (Redis) cache: start every test from zero. Only this run's
+    keys go (FLUSHDB would wipe the channel groups of another run on the same Redis)."""
+    import redis
 
-    cache.clear()
+    prefix = settings.CACHES["default"]["KEY_PREFIX"]
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()

@@ -173,6 +173,8 @@ def test_unknown_device_is_a_json_404(admin_client_api):
         ({"name": "x", "id": "bad id"}, "id"),
         ({"name": "x", "id": "a/b"}, "id"),
         ({"name": "x", "id": "dup"}, "id"),
+        ({"name": "x", "id": "fluxiot-bridge"}, "id"),
+        ({"name": "x", "id": "fluxiot-admin"}, "id"),
         ({"name": "x", "metadata": [1, 2]}, "metadata"),
         ({"name": "x", "metadata": "text"}, "metadata"),
         ({"name": "x", "tags": "lab"}, "tags"),

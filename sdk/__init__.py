@@ -1,0 +1,1 @@
+"""FluxIoT SDK: the device simulator (``sdk.simulator``) and, later, the plugin SDK."""
