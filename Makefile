@@ -19,7 +19,7 @@ venv: $(STAMP)
 run: venv
 	DEBUG=$${DEBUG:-1} $(PY) manage.py migrate --noinput
 	DEBUG=$${DEBUG:-1} $(PY) manage.py seed_demo
-	DEBUG=$${DEBUG:-1} $(PY) manage.py serve
+	DEBUG=$${DEBUG:-1} $(PY) manage.py serve --simulate
 
 # The suite runs against the real PostgreSQL and Redis of the machine (fluxiot/settings_test.py).
 test: venv
@@ -35,6 +35,7 @@ format: venv
 
 bench: venv
 	$(PY) bench/registry.py
+	$(PY) bench/ingest.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

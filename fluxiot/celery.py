@@ -5,7 +5,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "fluxiot.settings")
 
@@ -30,3 +30,17 @@ def _serve_worker_metrics(**kwargs: Any) -> None:
         start_http_server(port, addr="127.0.0.1")
     except OSError as exc:
         logger.warning("worker metrics: port %s unavailable: %s", port, exc)
+
+
+@worker_ready.connect
+def _restore_orphaned_tasks(sender: Any, **kwargs: Any) -> None:
+    """A worker that starts takes back, at once, the tasks a dead worker had taken but not
+    acknowledged (acks_late) once their visibility timeout has passed. Kombu does this too, but
+    only on a slow periodic cycle; a batch killed with its worker would wait minutes."""
+    try:
+        with sender.app.connection_for_write() as connection:
+            qos = getattr(connection.default_channel, "qos", None)
+            if hasattr(qos, "restore_visible"):  # the Redis transport
+                qos.restore_visible(num=10_000, interval=1)
+    except Exception:
+        logger.exception("could not restore unacknowledged tasks at start")

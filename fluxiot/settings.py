@@ -122,6 +122,9 @@ if "postgresql" in DATABASES["default"]["ENGINE"]:
         "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=10),
         "timeout": env.float("DATABASE_POOL_TIMEOUT", default=10),
     }
+    # Django then has the pool check a connection before handing it out: after a database restart
+    # the pooled ones are dead, and requests would fail on them.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if "sqlite" in DATABASES["default"]["ENGINE"]:
     # Several embedded processes (web, worker) share one file: wait for locks instead of failing.
     DATABASES["default"].setdefault("OPTIONS", {}).update({"timeout": 20, "transaction_mode": "IMMEDIATE"})
@@ -232,11 +235,15 @@ SPECTACULAR_SETTINGS = {
 # --- Background work ------------------------------------------------------------------------------
 
 # Without a Redis broker (the embedded mode) tasks run in-process, eagerly.
-CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://localhost/")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=not REDIS_URL)
 CELERY_TASK_EAGER_PROPAGATES = True
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_QUEUE", default="celery")
 CELERY_TASK_ACKS_LATE = True
+# With a Redis broker, a task taken by a worker that dies unacked goes back to the queue once this
+# many seconds pass (kombu's default is an hour). Keep it above the longest task's run time.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=120)}
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = env.int("CELERY_WORKER_PREFETCH_MULTIPLIER", default=4)
 CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", default=60)

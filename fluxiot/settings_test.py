@@ -7,6 +7,9 @@ os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fluxio
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/1")
 # A throwaway key per run; exported so servers the tests start share it.
 os.environ.setdefault("SECRET_KEY", secrets.token_urlsafe(50))
+# This run's own Celery queue (runs on one machine share the Redis server); exported for the
+# workers and bridges the tests start.
+os.environ.setdefault("CELERY_QUEUE", f"fluxiot-test-{os.getpid()}")
 
 from fluxiot.settings import *  # noqa: F403
 

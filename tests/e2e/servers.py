@@ -31,11 +31,11 @@ def manage(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedP
 
 
 @contextmanager
-def web_process(env: dict, port: int, timeout: float = 30):
+def web_process(env: dict, port: int, timeout: float = 30, extra_args: tuple[str, ...] = ()):
     """Run ``manage.py serve`` until the block ends; yields the base URL once /healthz answers."""
     log = open(Path(env.get("FLUXIOT_VAR_DIR", "/tmp")) / f"serve-{port}.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "manage.py", "serve", "--host", "127.0.0.1", "--port", str(port), *extra_args],
         cwd=ROOT,
         env=env,
         stdout=log,

@@ -2,6 +2,7 @@
 
 import http.cookiejar
 import re
+import time
 import urllib.parse
 import urllib.request
 
@@ -33,7 +34,7 @@ def _admin_login(base, username, password):
     ).encode()
     request = urllib.request.Request(login_url, data=form, headers={"Referer": login_url})
     with opener.open(request, timeout=10) as response:
-        return response.geturl(), response.read().decode()
+        return response.geturl(), response.read().decode(), opener
 
 
 def test_embedded_mode_from_nothing(tmp_path):
@@ -44,7 +45,8 @@ def test_embedded_mode_from_nothing(tmp_path):
     username, password = re.search(r"Admin login: (\S+) / (\S+)", seeded).groups()
     assert (tmp_path / "fluxiot.sqlite3").exists() and (tmp_path / "secret_key").exists()
 
-    with web_process(env, free_port()) as base:
+    env["EMBEDDED_BROKER_PORT"] = str(free_port())
+    with web_process(env, free_port(), extra_args=("--simulate",)) as base:
         status, ready = call("GET", f"{base}/readyz")
         assert status == 200 and ready["checks"] == {"database": "ok"}
         token = _token(base, username, password)
@@ -54,12 +56,24 @@ def test_embedded_mode_from_nothing(tmp_path):
         hq = next(g for g in groups["results"] if g["name"] == "Headquarters")
         status, tree = call("GET", f"{base}/api/v1/device-groups/{hq['id']}/devices/?descendants=true", token=token)
         assert status == 200 and tree["count"] == 4
-        status, activated = call("POST", f"{base}/api/v1/devices/fan_01/activate/", token=token)
+        status, activated = call("POST", f"{base}/api/v1/devices/camera_01/activate/", token=token)
         assert status == 200 and activated["secret"]
 
-        final_url, html = _admin_login(base, username, password)
+        # The simulated demo devices publish through the embedded broker and bridge.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            status, metrics = call("GET", f"{base}/api/v1/devices/temp_sensor_01/metrics/", token=token)
+            if metrics["values"].get("temperature"):
+                break
+            time.sleep(0.5)
+        assert isinstance(metrics["values"]["temperature"]["value"], float)
+        assert call("GET", f"{base}/api/v1/devices/temp_sensor_01/", token=token)[1]["status"] == "online"
+
+        final_url, html, opener = _admin_login(base, username, password)
         assert final_url.endswith("/admin/")
         assert "Devices by status (7 in all)" in html
+        with opener.open(f"{base}/admin/devices/device/temp_sensor_01/change/", timeout=10) as page:
+            assert 'id="live-telemetry"' in page.read().decode()
 
         with urllib.request.urlopen(f"{base}/static/admin/css/base.css", timeout=10) as css:
             assert css.status == 200

@@ -33,6 +33,9 @@ DEMO_DEVICES = [
     ("plc_01", "Conveyor PLC", DeviceType.INDUSTRIAL, Protocol.MODBUS, "Warehouse", ["line-1"]),
 ]
 
+# The demo devices `serve` simulates in the embedded mode.
+SIMULATED_DEVICES = ["temp_sensor_01", "temp_sensor_02", "fan_01", "hvac_01"]
+
 
 class Command(BaseCommand):
     help = "Create the demo superuser and demo devices (idempotent)."
@@ -58,6 +61,28 @@ class Command(BaseCommand):
                     )
                     created += 1
         self.stdout.write(f"Demo devices: {created} created, {len(DEMO_DEVICES) - created} already there.")
+        self._simulated_credentials()
+
+    def _simulated_credentials(self) -> None:
+        """Activate the demo devices the simulator plays and keep their secrets in var/ (the only
+        copy: the registry keeps hashes). Devices active without a saved secret get a new one."""
+        from sdk.simulator import DeviceCredentials, load_credentials, save_credentials
+
+        path = settings.VAR_DIR / "demo-devices.json"
+        saved = {c.id: c for c in load_credentials(path)} if path.exists() else {}
+        credentials = []
+        for device_id in SIMULATED_DEVICES:
+            device = Device.objects.get(pk=device_id)
+            if device.activation_state == "active" and device_id in saved:
+                credentials.append(saved[device_id])
+                continue
+            if device.activation_state == "active":
+                secret = services.rotate_credentials(device, actor=None)
+            else:
+                secret = services.activate_device(device, actor=None)
+            credentials.append(DeviceCredentials(id=device_id, secret=secret))
+        save_credentials(path, credentials)
+        self.stdout.write(f"Simulated demo devices: {', '.join(SIMULATED_DEVICES)} (secrets in {path}).")
 
     def _superuser(self, username: str) -> None:
         User = get_user_model()

@@ -1,0 +1,405 @@
+"""Ingestion benchmark: devices → Mosquitto → bridge → Celery → PostgreSQL, next to bare baselines.
+
+Figures, all in one run on this machine:
+
+1. Sustained: simulated devices publish QoS 1 telemetry (one object of 3-5 keys per message) for a
+   fixed count; messages/s from first publish to last row committed, p50/p99 publish-to-committed
+   latency, messages lost and duplicates stored. Baseline: the same publisher into a bare paho
+   subscriber at QoS 1.
+2. Drain: a backlog of QoS 1 messages published while the bridge is stopped (its persistent session
+   queues them at the broker), then the bridge starts; messages/s to the last committed row.
+   Baseline: a bare paho subscriber with a persistent session writing the same rows with COPY.
+
+Everything runs on 127.0.0.1: a private Mosquitto (tests/brokers.py), the bench's own PostgreSQL
+database and Redis database, one bridge process and one Celery worker.
+
+    .venv/bin/python bench/ingest.py [--devices 100] [--count 60000] [--backlog 200000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fluxiot_bench_ingest")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
+KEY = "temperature"  # every simulated message carries it: one row of this key per message
+
+logger = logging.getLogger("bench.ingest")
+
+
+def bench_env(mqtt_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="fluxiot.settings",
+        DATABASE_URL=DATABASE_URL,
+        REDIS_URL=REDIS_URL,
+        MQTT_URL=mqtt_url,
+        SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
+        DEBUG="0",
+        LOG_LEVEL="WARNING",
+        BRIDGE_CLIENT_ID="bench-bridge",
+        FLUXIOT_VAR_DIR=tempfile.mkdtemp(prefix="fluxiot-bench-"),
+    )
+    return env
+
+
+def fresh_database() -> None:
+    import psycopg
+
+    name = DATABASE_URL.rsplit("/", 1)[1]
+    admin = DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin.replace("postgres://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def setup_django(env: dict[str, str]) -> None:
+    os.environ.update(env)
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+
+
+@contextmanager
+def process(args: list[str], env: dict[str, str], name: str) -> Iterator[subprocess.Popen]:
+    log = open(Path(env["FLUXIOT_VAR_DIR"]) / f"{name}.log", "wb")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        log.close()
+
+
+def worker(env: dict[str, str]) -> Any:
+    return process(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "fluxiot",
+            "worker",
+            "--concurrency",
+            "2",
+            "--loglevel",
+            "WARNING",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        env,
+        "worker",
+    )
+
+
+def bridge(env: dict[str, str]) -> Any:
+    return process([sys.executable, "manage.py", "run_bridge"], env, "bridge")
+
+
+def committed(device_ids: list[str], since: Any) -> dict[str, Any]:
+    """Newest committed ts of KEY per device."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT d.id, (SELECT max(p.ts) FROM telemetry_point p WHERE p.device_id = d.id AND p.key = %s "
+            "AND p.ts >= %s) FROM unnest(%s::varchar[]) AS d(id)",
+            [KEY, since, device_ids],
+        )
+        return dict(cursor.fetchall())
+
+
+def count_rows(since: Any) -> int:
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM telemetry_point WHERE key = %s AND ts >= %s", [KEY, since])
+        return cursor.fetchone()[0]
+
+
+class CommitWatcher:
+    """Polls the newest committed ts per device every 50 ms; a message counts as committed at the
+    first poll that sees its ts (or a later one) for its device. Timing resolution: one poll."""
+
+    def __init__(self, device_ids: list[str], since: Any) -> None:
+        self.device_ids, self.since = device_ids, since
+        self.history: list[tuple[float, dict[str, Any]]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from django.db import connection
+
+        try:
+            while not self._stop.is_set():
+                self.history.append((time.time(), committed(self.device_ids, self.since)))
+                time.sleep(0.05)
+        finally:
+            connection.close()
+
+    def __enter__(self) -> CommitWatcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def latencies(self, sent_times: dict[tuple[str, int], float]) -> list[float]:
+        from datetime import UTC, datetime
+
+        out = []
+        for (device_id, ts_ms), sent in sent_times.items():
+            ts = datetime.fromtimestamp(ts_ms / 1000, UTC)
+            for at, newest in self.history:
+                seen = newest.get(device_id)
+                if seen is not None and seen >= ts:
+                    out.append(at - sent)
+                    break
+        return out
+
+
+def wait_rows(expected: int, since: Any, timeout: float) -> tuple[int, float]:
+    deadline = time.monotonic() + timeout
+    stable_since, last = time.monotonic(), -1
+    while time.monotonic() < deadline:
+        rows = count_rows(since)
+        if rows >= expected:
+            return rows, time.time()
+        if rows != last:
+            stable_since, last = time.monotonic(), rows
+        elif time.monotonic() - stable_since > 15:
+            break  # nothing moved for 15 s: report what arrived
+        time.sleep(0.05)
+    return count_rows(since), time.time()
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] * 1000 if len(values) > 1 else float("nan")
+
+
+# --- Baselines ------------------------------------------------------------------------------------
+
+
+def bare_subscriber(host: str, port: int, count: int, client_id: str, clean: bool = True) -> Any:
+    """A paho QoS 1 subscriber counting messages; returns (client, done event, counter dict)."""
+    import paho.mqtt.client as mqtt
+
+    done, got = threading.Event(), {"n": 0, "last": 0.0}
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        got["n"] += 1
+        got["last"] = time.time()
+        if got["n"] >= count:
+            done.set()
+
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=clean
+    )
+    client.on_message = on_message
+    client.max_inflight_messages_set(1000)
+    client.connect(host, port)
+    client.subscribe("devices/+/telemetry", qos=1)
+    client.loop_start()
+    time.sleep(0.5)
+    return client, done, got
+
+
+def simulate(credentials: list[Any], broker: str, count: int) -> Any:
+    from sdk.simulator import Simulator
+
+    sim = Simulator(credentials, broker=broker, rate=0, count=count, mqtt_version=3, seed=1, max_inflight=100)
+    sim.run()
+    return sim
+
+
+class CopyDrainer:
+    """Bare baseline of the drain: a persistent-session paho subscriber (MQTT 5, manual acks) that
+    COPYs the rows (device, key, ts, value) into a plain table in batches of 1,000 and acks each
+    batch after its COPY commits. ``register()`` creates the session; ``drain()`` comes back for the
+    backlog and returns messages/s."""
+
+    def __init__(self, host: str, port: int, count: int) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.host, self.port, self.count = host, port, count
+        self.pending: list[Any] = []
+        self.done_count = 0
+        self.last = 0.0
+        self.done = threading.Event()
+        self.lock = threading.Lock()
+        self.props = Properties(PacketTypes.CONNECT)
+        self.props.SessionExpiryInterval = 3600
+        self.props.ReceiveMaximum = 20000
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id="bench-copy-drainer", protocol=mqtt.MQTTv5, manual_ack=True
+        )
+        self.client.on_message = self._on_message
+
+    def register(self) -> None:
+        from django.db import connection
+
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TABLE IF EXISTS bench_points")
+            cursor.execute("CREATE TABLE bench_points (device_id text, key text, ts timestamptz, value float8)")
+        self.client.connect(self.host, self.port, clean_start=False, properties=self.props)
+        self.client.loop_start()
+        self.client.subscribe("$share/bench/devices/+/telemetry", qos=1)
+        time.sleep(0.5)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    def _flush(self) -> None:
+        import json
+        from datetime import UTC, datetime
+
+        from django.db import connection
+
+        connection.ensure_connection()
+        raw = connection.connection
+        with raw.cursor() as cur, cur.copy("COPY bench_points FROM STDIN") as copy:
+            for message in self.pending:
+                body = json.loads(message.payload)
+                ts = datetime.fromtimestamp(body.pop("ts") / 1000, UTC)
+                device = message.topic.split("/")[1]
+                for key, value in body.items():
+                    copy.write_row((device, key, ts, float(value)))
+        raw.commit()
+        for message in self.pending:
+            self.client.ack(message.mid, message.qos)
+        self.done_count += len(self.pending)
+        self.pending.clear()
+        if self.done_count >= self.count:
+            self.last = time.time()
+            self.done.set()
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self.lock:
+            self.pending.append(message)
+            if len(self.pending) >= 1000 or self.done_count + len(self.pending) >= self.count:
+                self._flush()
+
+    def drain(self, timeout: float = 300) -> float:
+        start = time.time()
+        self.client.connect(self.host, self.port, clean_start=False, properties=self.props)
+        self.client.loop_start()
+        self.done.wait(timeout)
+        self.client.disconnect()
+        self.client.loop_stop()
+        return self.done_count / ((self.last or time.time()) - start)
+
+
+# --- Main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--devices", type=int, default=100)
+    parser.add_argument("--count", type=int, default=60_000, help="messages of the sustained run")
+    parser.add_argument("--backlog", type=int, default=200_000, help="messages of the drain run")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from tests.brokers import mosquitto
+
+    # No broker authentication here: it only costs at connect time, and the bench measures the flow.
+    with mosquitto(dynsec=False, max_queued_messages=0, max_inflight_messages=0) as broker:
+        url = f"mqtt://{broker.host}:{broker.port}"
+        env = bench_env(url)
+        fresh_database()
+        setup_django(env)
+        from datetime import UTC, datetime, timedelta
+
+        from sdk.simulator import provision_devices
+
+        credentials = provision_devices(args.devices, prefix="bench-")
+        ids = [c.id for c in credentials]
+        print(f"broker {url}, {args.devices} devices, database {DATABASE_URL.rsplit('/', 1)[1]}")
+
+        # Baseline 1: bare publisher -> Mosquitto -> bare subscriber.
+        client, done, got = bare_subscriber(broker.host, broker.port, args.count, "bench-bare")
+        sim = simulate(credentials, url, args.count)
+        done.wait(120)
+        client.loop_stop()
+        client.disconnect()
+        bare_rate = got["n"] / (got["last"] - sim.stats.first_publish_at)
+        print(f"baseline  bare paho QoS 1 pub->sub: {got['n']:,} msgs, {bare_rate:,.0f} msg/s")
+
+        # Figure 1: the platform, sustained.
+        with worker(env), bridge(env):
+            time.sleep(3)  # bridge subscribed, worker ready
+            since = datetime.now(UTC) - timedelta(seconds=1)
+            with CommitWatcher(ids, since) as watcher:
+                sim = simulate(credentials, url, args.count)
+                rows, last_commit = wait_rows(args.count, since, timeout=300)
+            rate = rows / (last_commit - sim.stats.first_publish_at)
+            lat = watcher.latencies(sim.stats.sent_times)
+            lost = args.count - rows
+            print(
+                f"platform  sustained: {rows:,}/{args.count:,} msgs committed, {rate:,.0f} msg/s "
+                f"({rate / bare_rate:.0%} of bare), latency p50 {pct(lat, 50):.0f} ms p99 {pct(lat, 99):.0f} ms, "
+                f"lost {lost}, duplicates stored 0 (the key (device, key, ts) admits none)"
+            )
+            print(
+                "          target >= 5,000 msg/s and >= 50% of bare: "
+                + ("ok" if rate >= 5000 and rate >= bare_rate / 2 else "MISSED")
+            )
+
+        # Figure 2: drain a backlog queued while the bridge was stopped.
+        with worker(env):
+            with bridge(env):
+                time.sleep(3)  # the bridge's persistent session and subscriptions exist
+            since = datetime.now(UTC) - timedelta(seconds=1)
+            simulate(credentials, url, args.backlog)
+            start = time.time()
+            with bridge(env):
+                rows, last_commit = wait_rows(args.backlog, since, timeout=600)
+            drain_rate = rows / (last_commit - start)
+            print(f"platform  drain: {rows:,}/{args.backlog:,} msgs committed, {drain_rate:,.0f} msg/s")
+
+        # Baseline 2: bare paho + COPY draining the same backlog.
+        drainer = CopyDrainer(broker.host, broker.port, args.backlog)
+        drainer.register()
+        simulate(credentials, url, args.backlog)
+        copy_rate = drainer.drain()
+        print(f"baseline  bare paho + COPY drain: {drainer.done_count:,} msgs, {copy_rate:,.0f} msg/s")
+        print(
+            f"          drain target >= 15,000 msg/s: {'ok' if drain_rate >= 15000 else 'MISSED'} "
+            f"({drain_rate / copy_rate:.0%} of the bare COPY drain)"
+        )
+
+
+if __name__ == "__main__":
+    main()
