@@ -4,8 +4,9 @@ A ``Bridge`` holds one paho-mqtt 2 client with a persistent session (MQTT 5: cle
 session expiry; 3.1.1: clean session off) and a QoS 1 shared subscription to every uplink topic
 (``$share/<group>/devices/+/telemetry`` …), so several bridges with distinct client ids split the
 load. Messages are gathered into batches, cut by count (``batch_size``) or by age of the oldest
-message (``batch_ms``), and each batch is handed to ``handoff(items)`` (by default one
-``telemetry.tasks.ingest_batch`` Celery task, msgpack). Items are ``[topic, payload, received_ms]``;
+message (``batch_ms``), and each batch is handed to ``handoff(items)`` (by default
+``transport.handoff.hand_off``: one ``telemetry.tasks.ingest_batch`` Celery task, msgpack).
+Items are ``[topic, payload, received_ms]``;
 a payload over ``max_payload_bytes`` becomes ``[topic, first 1,024 bytes, received_ms, "oversize"]``.
 The bridge never parses payloads: validation is downstream.
 
@@ -74,6 +75,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 from prometheus_client import Counter, Gauge, Histogram
 
+from transport.handoff import hand_off
+
 log = logging.getLogger(__name__)
 paho_log = logging.getLogger(__name__ + ".paho")
 
@@ -124,14 +127,6 @@ HANDOFF_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
 )
 CONNECTED = Gauge("fluxiot_bridge_connected", "1 while the bridge is connected to the broker")
-
-
-def celery_handoff(items: list[Item]) -> None:
-    """The production hand-off: one ``ingest_batch`` task per batch, msgpack-serialised (payloads stay
-    bytes). Returns once the Celery broker has the task; raises otherwise."""
-    from telemetry.tasks import ingest_batch
-
-    ingest_batch.apply_async(args=[items], serializer="msgpack")
 
 
 # --- Broker address ---------------------------------------------------------------------------------
@@ -342,7 +337,7 @@ class Bridge:
         # for brokers without one (amqtt): past it the network thread waits, and TCP pushes back.
         self.max_pending = max_pending or max(2 * receive_maximum, 4 * batch_size)
         self.fast_paths = fast_paths
-        self._handoff: Handoff = handoff or celery_handoff
+        self._handoff: Handoff = handoff or hand_off
 
         self._lock = threading.Lock()  # the current batch, the ready queue, the flags below
         self._work = threading.Condition(self._lock)  # the flusher waits on it
