@@ -44,11 +44,13 @@ Notes on brokers:
 - The embedded amqtt broker speaks 3.1.1 only, so ``from_settings`` picks 3.1.1 for it.
 
 Performance: per message the network thread does one list append under a lock; the flusher thread
-counts, hands off and acknowledges per batch. Two optional "fast paths" (on by default, off with
-``fast_paths=False``) work around paho costs that dominate at 10,000+ messages/s: decoding an MQTT 5
-PUBLISH with no properties without building paho's property tables, and queueing a batch's PUBACKs
-as one write instead of one write per message. Both are checked against the installed paho at start
-and skipped (with a log line) when its internals differ.
+counts, hands off and acknowledges per batch. Three "fast paths" (on by default, off with
+``fast_paths=False``) work around paho 2 costs that dominate past ~8,000 messages/s (measured by
+bench/bridge_throughput.py): decoding an MQTT 5 PUBLISH with no properties without building paho's
+property tables per message; queueing a batch's PUBACKs as one write instead of one socket write
+each; reading up to 64 packets per readable socket instead of one select() per packet. They use paho
+internals (``_packet.Properties``, ``Client._packet_queue``, ``Client._packet_read``), are checked
+against the installed paho at start and skipped when it differs; the tests run both ways.
 """
 
 from __future__ import annotations
