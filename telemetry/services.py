@@ -53,8 +53,31 @@ class Reject(Exception):
 # --- Parsing (shared with HTTP ingest) -----------------------------------------------------------
 
 
-def parse_timestamp(raw: Any, now: datetime) -> datetime:
+@dataclass(frozen=True)
+class Limits:
+    """The ingestion limits of one batch, read from settings once (not per message)."""
+
+    now: datetime
+    max_payload_bytes: int
+    max_keys: int
+    earliest: datetime
+    latest: datetime
+
+    @classmethod
+    def current(cls, now: datetime | None = None) -> Limits:
+        now = now or timezone.now()
+        return cls(
+            now=now,
+            max_payload_bytes=settings.INGEST_MAX_PAYLOAD_BYTES,
+            max_keys=settings.INGEST_MAX_KEYS,
+            earliest=now - timedelta(days=settings.INGEST_MAX_AGE_DAYS),
+            latest=now + timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS),
+        )
+
+
+def parse_timestamp(raw: Any, now: datetime | Limits) -> datetime:
     """Epoch seconds or milliseconds, or ISO 8601 (naive means UTC), within the accepted window."""
+    limits = now if isinstance(now, Limits) else Limits.current(now)
     if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
         raise Reject(RejectReason.BAD_TIMESTAMP, f"ts must be a number or an ISO 8601 string, not {raw!r}")
     try:
@@ -68,17 +91,16 @@ def parse_timestamp(raw: Any, now: datetime) -> datetime:
             ts = datetime.fromtimestamp(seconds, UTC)
     except (ValueError, OverflowError, OSError) as exc:
         raise Reject(RejectReason.BAD_TIMESTAMP, f"unreadable ts {raw!r}") from exc
-    if ts > now + timedelta(seconds=settings.INGEST_MAX_FUTURE_SECONDS):
+    if ts > limits.latest:
         raise Reject(RejectReason.FUTURE_TIMESTAMP, f"ts {ts.isoformat()} is in the future")
-    if ts < now - timedelta(days=settings.INGEST_MAX_AGE_DAYS):
-        raise Reject(
-            RejectReason.OLD_TIMESTAMP, f"ts {ts.isoformat()} is older than {settings.INGEST_MAX_AGE_DAYS} days"
-        )
+    if ts < limits.earliest:
+        raise Reject(RejectReason.OLD_TIMESTAMP, f"ts {ts.isoformat()} is older than {limits.earliest.isoformat()}")
     return ts
 
 
-def _load_json(payload: bytes) -> Any:
-    if len(payload) > settings.INGEST_MAX_PAYLOAD_BYTES:
+def _load_json(payload: bytes, limits: Limits | None = None) -> Any:
+    max_bytes = limits.max_payload_bytes if limits else settings.INGEST_MAX_PAYLOAD_BYTES
+    if len(payload) > max_bytes:
         raise Reject(RejectReason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes")
     try:
         return json.loads(payload)
@@ -97,18 +119,20 @@ def _check_value(key: str, value: Any) -> None:
         raise Reject(RejectReason.UNSUPPORTED_VALUE, f"{key} has an unsupported type")
 
 
-def parse_telemetry(device_id: str, payload: bytes, received: datetime, now: datetime | None = None) -> list[Point]:
+def parse_telemetry(
+    device_id: str, payload: bytes, received: datetime, now: datetime | Limits | None = None
+) -> list[Point]:
     """The points of one telemetry payload: an object of ``{"key": value}`` with an optional
     ``"ts"``, or a list of such objects. Any bad part rejects the whole message."""
-    now = now or timezone.now()
-    data = _load_json(payload)
+    limits = now if isinstance(now, Limits) else Limits.current(now)
+    data = _load_json(payload, limits)
     objects = data if isinstance(data, list) else [data]
     if not objects or len(objects) > MAX_OBJECTS_PER_MESSAGE or not all(isinstance(o, dict) for o in objects):
         raise Reject(RejectReason.NOT_AN_OBJECT, f"expected an object or a list of 1-{MAX_OBJECTS_PER_MESSAGE} objects")
     points: list[Point] = []
-    max_keys = settings.INGEST_MAX_KEYS
+    max_keys = limits.max_keys
     for obj in objects:
-        ts = parse_timestamp(obj["ts"], now) if "ts" in obj else received
+        ts = parse_timestamp(obj["ts"], limits) if "ts" in obj else received
         if len(obj) - ("ts" in obj) > max_keys:
             raise Reject(RejectReason.TOO_MANY_KEYS, f"{len(obj)} keys, at most {max_keys}")
         for key, value in obj.items():
@@ -186,7 +210,7 @@ def _dead_letter(topic: str, payload: bytes, received: datetime, reject: Reject,
 def ingest_batch(items: list[list[Any]]) -> IngestResult:
     """Ingest one batch of ``[topic, payload, received_ms(, "oversize")]`` items."""
     result = IngestResult(messages=len(items))
-    now = timezone.now()
+    limits = Limits.current()
     parsed: list[tuple[str, str, bytes, datetime, bool]] = []
     dead: list[DeadLetter] = []
     for item in items:
@@ -219,7 +243,7 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
                 raise Reject(RejectReason.PAYLOAD_TOO_LARGE, f"over {settings.INGEST_MAX_PAYLOAD_BYTES} bytes")
             state = devices.setdefault(device_id, _DeviceState(status=status))
             if kind == "telemetry":
-                new_points = parse_telemetry(device_id, payload, received, now)
+                new_points = parse_telemetry(device_id, payload, received, limits)
                 points.extend(new_points)
                 for point in new_points:
                     seen = state.latest.get(point.key)
