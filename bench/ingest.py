@@ -22,7 +22,6 @@ import argparse
 import logging
 import os
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fluxiot_bench_ingest")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
+from tests.e2e.servers import stop_process  # noqa: E402
+
 KEY = "temperature"  # every simulated message carries it: one row of this key per message
 
 logger = logging.getLogger("bench.ingest")
@@ -90,13 +91,7 @@ def process(args: list[str], env: dict[str, str], name: str) -> Iterator[subproc
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, timeout=20)
         log.close()
 
 
@@ -367,7 +362,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from tests.brokers import mosquitto
+    from tests.brokers import mosquitto  # the private-broker helper the tests use
 
     # No broker authentication here: it only costs at connect time, and the bench measures the flow.
     with mosquitto(dynsec=False, max_queued_messages=0, max_inflight_messages=0) as broker:

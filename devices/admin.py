@@ -17,6 +17,7 @@ from django.utils.html import format_html
 
 from devices import importers, services
 from devices.models import Device, DeviceCredential, DeviceGroup, DeviceStatusChange
+from fluxiot.admin import ReadOnlyTabularInline
 from fluxiot.errors import ConflictError
 
 STATUS_HISTORY_INLINE_ROWS = 20
@@ -58,22 +59,11 @@ class RecentStatusFormSet(BaseInlineFormSet):
         return super().get_queryset()[:STATUS_HISTORY_INLINE_ROWS]
 
 
-class StatusHistoryInline(admin.TabularInline):
+class StatusHistoryInline(ReadOnlyTabularInline):
     model = DeviceStatusChange
     formset = RecentStatusFormSet
     fields = ["changed_at", "old_status", "new_status", "reason", "changed_by"]
-    readonly_fields = fields
-    extra = 0
     verbose_name_plural = f"Status history (latest {STATUS_HISTORY_INLINE_ROWS})"
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 class MoveToGroupForm(forms.Form):

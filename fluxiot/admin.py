@@ -28,3 +28,22 @@ class FluxAdminSite(admin.AdminSite):
             ]
             context["device_total"] = sum(counts.values())
         return super().index(request, extra_context=context)
+
+
+class ReadOnlyTabularInline(admin.TabularInline):
+    """An inline that only shows rows (history, measurements): every listed field read-only, no
+    adding, changing or deleting."""
+
+    extra = 0
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return list(self.fields or [])
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

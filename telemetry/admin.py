@@ -6,24 +6,14 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from devices.admin import DeviceAdmin
+from fluxiot.admin import ReadOnlyTabularInline
 from telemetry.models import DeadLetter, LatestValue
 
 
-class LatestValueInline(admin.TabularInline):
+class LatestValueInline(ReadOnlyTabularInline):
     model = LatestValue
     fields = ["key", "value", "ts"]
-    readonly_fields = fields
-    extra = 0
     verbose_name_plural = "Latest telemetry"
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # The device page shows its latest telemetry (the registry does not know about telemetry itself).

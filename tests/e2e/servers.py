@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import signal
 import subprocess
 import sys
 import time
@@ -13,13 +13,29 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.brokers import free_port  # noqa: F401 (re-exported for the e2e tests)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def stop_process(proc: subprocess.Popen, timeout: float = 10, group: bool = False) -> None:
+    """SIGTERM, then SIGKILL if it is still there after ``timeout`` (its whole process group with
+    ``group``, e.g. a Celery worker and its pool)."""
+    if proc.poll() is not None:
+        return
+
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait(5)
 
 
 def manage(env: dict, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -57,12 +73,7 @@ def web_process(env: dict, port: int, timeout: float = 30, extra_args: tuple[str
             time.sleep(0.2)
         yield base
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        stop_process(process)
         log.close()
 
 

@@ -22,7 +22,7 @@ from django.db import connection
 from devices import services as device_services
 from devices.models import Device
 from telemetry.models import DeadLetter, LatestValue, TelemetryPoint
-from tests.e2e.servers import ROOT, base_env
+from tests.e2e.servers import ROOT, base_env, stop_process
 from tests.factories import DeviceFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
@@ -104,13 +104,7 @@ class Platform:
 
     def stop_all(self) -> None:
         for name, proc in list(self.procs.items()):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(5)
+            stop_process(proc, timeout=15, group=True)
             self.procs.pop(name, None)
 
     def log(self, name: str) -> str:

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -29,50 +27,18 @@ from sdk.simulator import (
     provision_devices,
     save_credentials,
 )
+from tests.brokers import free_port, mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def broker(tmp_path_factory):
+def broker():
     """A private Mosquitto: anonymous, no persistence, stopped after the module."""
-    if not os.path.exists(MOSQUITTO):
-        pytest.fail("mosquitto is not installed")
-    port = _free_port()
-    directory = tmp_path_factory.mktemp("mosquitto")
-    config = directory / "mosquitto.conf"
-    config.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nlog_dest stderr\n")
-    log = open(directory / "mosquitto.log", "w+")
-    process = subprocess.Popen([MOSQUITTO, "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"mosquitto did not start:\n{log.read()}")
-                time.sleep(0.05)
-        yield f"mqtt://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
+    with mosquitto(dynsec=False) as private:
+        yield f"mqtt://{private.host}:{private.port}"
 
 
 class Subscriber:
@@ -300,7 +266,7 @@ def test_as_fast_as_acked_until_count(broker):
 
 
 def test_connection_refused_is_reported():
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     device = SimulatedDevice(_creds(1)[0], f"mqtt://127.0.0.1:{port}", reconnect=False)
     with pytest.raises(ConnectionError):
         device.connect(timeout=5)
