@@ -264,9 +264,11 @@ DEVICE_AUTH_CACHE_SECONDS = env.float("DEVICE_AUTH_CACHE_SECONDS", default=5.0)
 
 # --- MQTT and ingestion ---------------------------------------------------------------------
 
-# The MQTT broker. Unset: the embedded broker (amqtt, in-process) started by `manage.py serve`.
+# The MQTT broker. Unset (and no REDIS_URL): the embedded broker (amqtt) started by `manage.py serve`.
 MQTT_URL = env.str("MQTT_URL", default="")
-EMBEDDED_BROKER = not MQTT_URL
+# The embedded mode runs the broker inside `serve`; a production setup (Redis configured) never starts
+# one by accident in every web process, even if MQTT_URL was forgotten.
+EMBEDDED_BROKER = env.bool("EMBEDDED_BROKER", default=not MQTT_URL and not REDIS_URL)
 EMBEDDED_BROKER_HOST = env.str("EMBEDDED_BROKER_HOST", default="127.0.0.1")
 EMBEDDED_BROKER_PORT = env.int("EMBEDDED_BROKER_PORT", default=1883)  # the next free port when taken
 # The bridge's own broker account (a dynsec client with the bridge role in production).
