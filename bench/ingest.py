@@ -105,7 +105,7 @@ def worker(env: dict[str, str]) -> Any:
             "fluxiot",
             "worker",
             "--concurrency",
-            "2",
+            env.get("BENCH_WORKER_CONCURRENCY", "2"),
             "--loglevel",
             "WARNING",
             "--without-gossip",
