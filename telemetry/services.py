@@ -144,7 +144,7 @@ def parse_telemetry(
                 _check_value(key, value)
             elif type(value) is str and len(value) > STRING_VALUE_MAX_LENGTH:
                 _check_value(key, value)
-            points.append(Point(device_id, key, ts, value))
+            points.append((device_id, key, ts, value))
     return points
 
 
@@ -245,10 +245,10 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
             if kind == "telemetry":
                 new_points = parse_telemetry(device_id, payload, received, limits)
                 points.extend(new_points)
-                for point in new_points:
-                    seen = state.latest.get(point.key)
-                    if seen is None or seen[0] <= point.ts:
-                        state.latest[point.key] = (point.ts, point.value)
+                for _, key, ts, value in new_points:
+                    seen = state.latest.get(key)
+                    if seen is None or seen[0] <= ts:
+                        state.latest[key] = (ts, value)
                 _came_online(state)
             elif kind == "attributes":
                 state.attributes.update(parse_attributes(payload))
