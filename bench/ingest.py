@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fluxiot_bench_ingest")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
-from tests.e2e.servers import stop_process  # noqa: E402
+from tests.e2e.servers import celery_worker_command, stop_process  # noqa: E402
 
 KEY = "temperature"  # every simulated message carries it: one row of this key per message
 
@@ -96,25 +96,7 @@ def process(args: list[str], env: dict[str, str], name: str) -> Iterator[subproc
 
 
 def worker(env: dict[str, str]) -> Any:
-    return process(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "fluxiot",
-            "worker",
-            "--concurrency",
-            env.get("BENCH_WORKER_CONCURRENCY", "2"),
-            "--loglevel",
-            "WARNING",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ],
-        env,
-        "worker",
-    )
+    return process(celery_worker_command(env.get("BENCH_WORKER_CONCURRENCY", "2"), loglevel="WARNING"), env, "worker")
 
 
 def bridge(env: dict[str, str]) -> Any:

@@ -18,6 +18,25 @@ from tests.brokers import free_port  # noqa: F401 (re-exported for the e2e tests
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def celery_worker_command(concurrency: int | str = 1, loglevel: str = "INFO") -> list[str]:
+    """A Celery worker for the platform's queue, without the cluster chatter tests don't need."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "fluxiot",
+        "worker",
+        "--concurrency",
+        str(concurrency),
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
+
+
 def stop_process(proc: subprocess.Popen, timeout: float = 10, group: bool = False) -> None:
     """SIGTERM, then SIGKILL if it is still there after ``timeout`` (its whole process group with
     ``group``, e.g. a Celery worker and its pool)."""

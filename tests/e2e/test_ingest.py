@@ -22,7 +22,7 @@ from django.db import connection
 from devices import services as device_services
 from devices.models import Device
 from telemetry.models import DeadLetter, LatestValue, TelemetryPoint
-from tests.e2e.servers import ROOT, base_env, stop_process
+from tests.e2e.servers import ROOT, base_env, celery_worker_command, stop_process
 from tests.factories import DeviceFactory
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True), pytest.mark.timeout(240)]
@@ -67,21 +67,7 @@ class Platform:
     def start(self, name: str) -> subprocess.Popen:
         command = {
             "bridge": [sys.executable, "manage.py", "run_bridge"],
-            "worker": [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "fluxiot",
-                "worker",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ],
+            "worker": celery_worker_command(concurrency=1),
         }[name]
         log = open(self.tmp_path / f"{name}.log", "ab")
         offset = log.tell()
