@@ -12,3 +12,7 @@ from collections.abc import Callable
 
 # fn(device_id, secret_or_None, action) with action in "activated", "rotated", "disabled", "deleted".
 credentials_changed: list[Callable[[str, str | None, str], None]] = []
+
+# fn(device_id) once a device's status turned online (after the commit): ``control`` sends the
+# commands that waited for it.
+came_online: list[Callable[[str], None]] = []

@@ -19,6 +19,8 @@ from devices.fields import TagsField
 DEVICE_ID_MAX_LENGTH = 64
 MAX_TAGS = 50
 TAG_MAX_LENGTH = 64
+# Ids the API itself uses under devices/ (devices/batch/commands/, devices/import/).
+RESERVED_IDS = frozenset({"batch", "import"})
 _TAG_FORBIDDEN = re.compile(r"[,;\s]")
 _FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -231,6 +233,8 @@ class Device(models.Model):
         if self.id in (settings.MQTT_BRIDGE_USERNAME, settings.MQTT_DYNSEC_USERNAME):
             # The broker accounts of the platform itself: a device of that name could log in as them.
             raise ValidationError({"id": f"{self.id!r} is reserved for the platform's broker accounts."})
+        if self.id in RESERVED_IDS:
+            raise ValidationError({"id": f"{self.id!r} is reserved: the API uses devices/{self.id}/ itself."})
         # Field validators skip "empty" values, and [] or {} count as empty: check the shapes here.
         if not isinstance(self.metadata, dict):
             raise ValidationError({"metadata": "Metadata must be a JSON object."}, code="invalid_metadata")

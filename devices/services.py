@@ -151,7 +151,20 @@ def set_status(
                 "actor": _actor_id(actor),
             },
         )
+        if new_status == DeviceStatus.ONLINE:
+            _came_online(locked.id)
     return change
+
+
+def _came_online(device_id: str) -> None:
+    def notify() -> None:
+        for hook in list(hooks.came_online):
+            try:
+                hook(device_id)
+            except Exception:
+                logger.exception("came-online hook %r failed for device %s", hook, device_id)
+
+    transaction.on_commit(notify)
 
 
 # --- Activation and credentials -----------------------------------------------------------------
