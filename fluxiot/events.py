@@ -39,6 +39,8 @@ TELEMETRY_RECEIVED = "telemetry.received"
 DEVICE_STATUS_CHANGED = "device.status_changed"
 DEVICE_ACTIVATION_CHANGED = "device.activation_changed"
 DEVICE_CREDENTIALS_ROTATED = "device.credentials_rotated"
+COMMAND_STATUS_CHANGED = "command.status_changed"
+COMMAND_BATCH_CREATED = "command.batch_created"
 
 
 def group_for(event_type: str) -> str:

@@ -69,6 +69,7 @@ INSTALLED_APPS = [
     "devices",
     "telemetry",
     "transport",
+    "control",
 ]
 
 MIDDLEWARE = [
@@ -225,6 +226,8 @@ SPECTACULAR_SETTINGS = {
         "DeviceTypeEnum": "devices.choices.DeviceType",
         "ProtocolEnum": "devices.choices.Protocol",
         "ActivationStateEnum": "devices.choices.ActivationState",
+        "CommandStatusEnum": "control.choices.CommandStatus",
+        "CommandTypeEnum": "control.choices.CommandType",
     },
     # Swagger UI served from our own static files: the platform works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -305,6 +308,23 @@ LAST_SEEN_RESOLUTION_SECONDS = env.float("LAST_SEEN_RESOLUTION_SECONDS", default
 TELEMETRY_PARTITION_DAYS_AHEAD = env.int("TELEMETRY_PARTITION_DAYS_AHEAD", default=7)
 WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", default=0)
 
+# --- Device commands -------------------------------------------------------------------------
+
+# Seconds a device has for its final reply once a command is sent (per command, up to the maximum).
+COMMAND_DEFAULT_TIMEOUT = env.int("COMMAND_DEFAULT_TIMEOUT", default=30)
+COMMAND_MAX_TIMEOUT = env.int("COMMAND_MAX_TIMEOUT", default=86_400)
+# A command without an expiry waits this long for an offline device (seconds; 0: forever).
+COMMAND_DEFAULT_EXPIRY = env.int("COMMAND_DEFAULT_EXPIRY", default=86_400)
+COMMAND_BATCH_MAX_DEVICES = env.int("COMMAND_BATCH_MAX_DEVICES", default=10_000)
+# Commands published per round (one transaction, one wait for the broker's acknowledgements).
+COMMAND_DISPATCH_CHUNK = env.int("COMMAND_DISPATCH_CHUNK", default=1000)
+# Seconds to wait for the broker (connecting, and acknowledging a round of commands).
+COMMAND_PUBLISH_TIMEOUT = env.float("COMMAND_PUBLISH_TIMEOUT", default=5.0)
+# How often the beat times out and expires commands, and after how long a pending command of an
+# online device (its publish failed) is sent again.
+COMMAND_SWEEP_SECONDS = env.float("COMMAND_SWEEP_SECONDS", default=5.0)
+COMMAND_RETRY_AFTER = env.float("COMMAND_RETRY_AFTER", default=10.0)
+
 CELERY_ACCEPT_CONTENT = ["json", "msgpack"]
 CELERY_BEAT_SCHEDULE = {
     "mark-silent-devices-offline": {
@@ -313,6 +333,7 @@ CELERY_BEAT_SCHEDULE = {
     },
     "create-telemetry-partitions": {"task": "telemetry.tasks.create_partitions", "schedule": 3600.0},
     "trim-dead-letters": {"task": "telemetry.tasks.trim_dead_letters", "schedule": 300.0},
+    "sweep-commands": {"task": "control.tasks.sweep_commands", "schedule": COMMAND_SWEEP_SECONDS},
 }
 
 # --- Logging ------------------------------------------------------------------------------------

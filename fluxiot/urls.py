@@ -10,6 +10,7 @@ api_v1 = [
     path("auth/token/refresh/", TokenRefreshView.as_view(), name="token_refresh"),
     path("", include("transport.api.urls")),
     path("", include("telemetry.api.urls")),
+    path("", include("control.api.urls")),
     path("", include("devices.api.urls")),
 ]
 

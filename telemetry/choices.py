@@ -17,3 +17,6 @@ class RejectReason(models.TextChoices):
     FUTURE_TIMESTAMP = "future_timestamp", "Timestamp too far in the future"
     OLD_TIMESTAMP = "old_timestamp", "Timestamp too old"
     BAD_STATUS = "bad_status", "Status is not online or offline"
+    BAD_REPLY = "bad_reply", "Command reply without a valid status"
+    UNKNOWN_COMMAND = "unknown_command", "Reply for an unknown command"
+    WRONG_DEVICE = "wrong_device", "Reply for a command of another device"

@@ -22,6 +22,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from control import services as command_services
+from control.services import Reply
 from devices import services as device_services
 from devices.choices import ActivationState, DeviceStatus
 from devices.models import Device
@@ -211,17 +213,20 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
     """Ingest one batch of ``[topic, payload, received_ms(, "oversize")]`` items."""
     result = IngestResult(messages=len(items))
     limits = Limits.current()
-    parsed: list[tuple[str, str, bytes, datetime, bool]] = []
+    parsed: list[tuple[str, str, bytes, datetime, bool, str]] = []
     dead: list[DeadLetter] = []
     for item in items:
         topic, payload, received_ms = item[0], bytes(item[1]), item[2]
         received = datetime.fromtimestamp(received_ms / 1000, UTC)
+        oversize = len(item) > 3 and item[3] == "oversize"
         match = TOPIC_RE.match(topic)
-        if match is None:
+        if match is not None:
+            parsed.append((match.group(1), match.group(2), payload, received, oversize, ""))
+        elif (reply := REPLY_TOPIC_RE.match(topic)) is not None:
+            parsed.append((reply.group(1), "reply", payload, received, oversize, reply.group(2)))
+        else:
             reject = Reject(RejectReason.BAD_TOPIC, topic[:200])
             dead.append(_dead_letter(topic, payload, received, reject))
-            continue
-        parsed.append((match.group(1), match.group(2), payload, received, len(item) > 3 and item[3] == "oversize"))
 
     known = {
         device_id: (state, status)
@@ -231,8 +236,9 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
     }
     devices: dict[str, _DeviceState] = {}
     points: list[Point] = []
-    for device_id, kind, payload, received, oversize in parsed:
-        topic = f"devices/{device_id}/{kind}"
+    replies: list[tuple[Reply, str, bytes]] = []
+    for device_id, kind, payload, received, oversize, command_id in parsed:
+        topic = f"devices/{device_id}/commands/{command_id}/reply" if command_id else f"devices/{device_id}/{kind}"
         try:
             if device_id not in known:
                 raise Reject(RejectReason.UNKNOWN_DEVICE, device_id)
@@ -253,6 +259,13 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
             elif kind == "attributes":
                 state.attributes.update(parse_attributes(payload))
                 _came_online(state)
+            elif kind == "reply":
+                try:
+                    reply = command_services.parse_reply(device_id, command_id, payload, received)
+                except command_services.ReplyRejected as exc:
+                    raise Reject(RejectReason(exc.reason), exc.detail) from exc
+                replies.append((reply, topic, payload))
+                _came_online(state)
             else:
                 reported = parse_status(payload)
                 if state.status in (DeviceStatus.ONLINE, DeviceStatus.OFFLINE) and state.status != reported:
@@ -267,6 +280,12 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
     with transaction.atomic():
         result.stored = get_store().write(points)
         _update_devices(devices, known)
+        if replies:
+            by_reply = {id(reply): (topic, payload) for reply, topic, payload in replies}
+            for reply, exc in command_services.record_replies([reply for reply, _, _ in replies]):
+                topic, payload = by_reply[id(reply)]
+                reject = Reject(RejectReason(exc.reason), exc.detail)
+                dead.append(_dead_letter(topic, payload, reply.received, reject, reply.device_id))
         if dead:
             DeadLetter.objects.bulk_create(dead)
         if devices:

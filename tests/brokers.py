@@ -303,6 +303,21 @@ def dynsec_settings(dynsec_broker: MosquittoBroker, settings: Any) -> MosquittoB
     return dynsec_broker
 
 
+@pytest.fixture
+def command_broker(mosquitto_broker: Any, settings: Any) -> Iterator[Any]:
+    """A private Mosquitto (no auth) that this process's command publisher uses (its settings point
+    there; the publisher is recreated before and after)."""
+    from control import publisher
+
+    settings.MQTT_URL = mosquitto_broker.url
+    settings.EMBEDDED_BROKER = False
+    settings.MQTT_BRIDGE_PASSWORD = ""
+    settings.COMMAND_PUBLISH_TIMEOUT = 3.0
+    publisher.reset_publisher()
+    yield mosquitto_broker
+    publisher.reset_publisher()
+
+
 # --- An MQTT client for assertions ----------------------------------------------------------------
 
 

@@ -51,6 +51,12 @@ class Command(BaseCommand):
 
         broker_host, broker_port, stop_broker = start_embedded_broker()
         stack.callback(stop_broker)
+        # The port may be the next free one: everything in this process that publishes (commands)
+        # connects where the broker really is.
+        settings.EMBEDDED_BROKER_HOST, settings.EMBEDDED_BROKER_PORT = broker_host, broker_port
+        from control.publisher import reset_publisher
+
+        stack.callback(reset_publisher)  # disconnect before the broker goes away
         self.stdout.write(f"MQTT broker (embedded) on mqtt://{broker_host}:{broker_port}")
 
         bridge = Bridge.from_settings(

@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class ControlConfig(AppConfig):
+    name = "control"
+    verbose_name = "Device commands"
+
+    def ready(self) -> None:
+        from control import services
+        from devices import hooks
+
+        if services.deliver_on_online not in hooks.came_online:
+            hooks.came_online.append(services.deliver_on_online)
