@@ -1,12 +1,16 @@
 """The FluxIoT device simulator: simulated MQTT devices with real credentials, a Last Will, a telemetry
-rate and random-walk values; used by the demo, the tests and the benchmarks.
+rate and random-walk values, and answers to commands; used by the demo, the tests and the benchmarks.
 
 Run ``python -m sdk.simulator --help``; see ``sdk/simulator/README.md``.
 """
 
 from sdk.simulator.core import (
+    COMMAND_TYPES,
     DEFAULT_BROKER_URL,
     BrokerAddress,
+    CommandBehaviour,
+    CommandError,
+    CommandMode,
     DeviceCredentials,
     DeviceState,
     EventLoop,
@@ -18,13 +22,18 @@ from sdk.simulator.core import (
     TelemetryGenerator,
     load_credentials,
     parse_broker_url,
+    parse_command,
     provision_devices,
     save_credentials,
 )
 
 __all__ = [
+    "COMMAND_TYPES",
     "DEFAULT_BROKER_URL",
     "BrokerAddress",
+    "CommandBehaviour",
+    "CommandError",
+    "CommandMode",
     "DeviceCredentials",
     "DeviceState",
     "EventLoop",
@@ -36,6 +45,7 @@ __all__ = [
     "TelemetryGenerator",
     "load_credentials",
     "parse_broker_url",
+    "parse_command",
     "provision_devices",
     "save_credentials",
 ]

@@ -2,6 +2,10 @@
 
     python -m sdk.simulator --credentials creds.json --devices 10 --rate 1 --duration 30
     python -m sdk.simulator --create 50 --prefix sim- --credentials var/sim.json --count 5000 --rate 0
+    python -m sdk.simulator --credentials creds.json --commands slow --command-delay 10
+
+Devices answer the commands they receive: ``--commands success`` (default), ``fail``, ``slow``
+(final reply after ``--command-delay``, default 5 s) or ``silent`` (never).
 
 Exit status: 0 when every device connected and every QoS 1 publish was acknowledged, 1 otherwise,
 2 for bad arguments.
@@ -20,6 +24,8 @@ from types import FrameType
 
 from sdk.simulator.core import (
     DEFAULT_BROKER_URL,
+    CommandBehaviour,
+    CommandMode,
     DeviceCredentials,
     Simulator,
     load_credentials,
@@ -76,7 +82,7 @@ def _non_negative_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sdk.simulator",
-        description="Simulated FluxIoT devices: real credentials, Last Will, telemetry at a rate.",
+        description="Simulated FluxIoT devices: real credentials, Last Will, telemetry at a rate, answers to commands.",
     )
     parser.add_argument("--credentials", required=True, help='JSON file of [{"id": ..., "secret": ...}]')
     parser.add_argument(
@@ -104,8 +110,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", help="random seed, for reproducible values")
     parser.add_argument("--drain-timeout", type=_positive_float, default=10.0, help="seconds to wait for PUBACKs")
     parser.add_argument("--connect-timeout", type=_positive_float, default=30.0)
+    parser.add_argument(
+        "--commands",
+        default=CommandMode.SUCCESS.value,
+        choices=[mode.value for mode in CommandMode],
+        help="how devices answer commands: success (default), fail, slow (final reply after --command-delay, "
+        "default 5 s) or silent (never: the platform times them out)",
+    )
+    parser.add_argument(
+        "--command-delay",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="seconds between a command's executing reply and its final one (default: 5 for slow, else 0)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser
+
+
+def command_behaviour(args: argparse.Namespace) -> CommandBehaviour:
+    """The ``CommandBehaviour`` that ``--commands`` and ``--command-delay`` ask for."""
+    return CommandBehaviour(mode=CommandMode(args.commands), delay=args.command_delay)
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -162,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         connect_timeout=args.connect_timeout,
         record_times=True,
+        command_behaviour=command_behaviour(args),
     )
     previous = None
     if threading.current_thread() is threading.main_thread():

@@ -20,6 +20,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import selectors
@@ -27,8 +28,8 @@ import socket
 import statistics
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,12 +454,15 @@ class TelemetryGenerator:
         self._rssi = _Walk(rng.uniform(-85, -55), -110.0, -30.0, 2.0)
         self._battery = rng.randint(40, 100)
         self._door_open = False
+        self.pinned: dict[str, Any] = {}  # key → the value reported instead of the walk (``pin()``)
 
     def next(self) -> dict[str, Any]:
         rng = self.rng
         values: dict[str, Any] = {}
         for key in self.keys:
-            if key == "temperature":
+            if key in self.pinned:
+                values[key] = self.pinned[key]
+            elif key == "temperature":
                 values[key] = round(self._temperature.next(rng), 2)
             elif key == "humidity":
                 values[key] = round(self._humidity.next(rng), 1)
@@ -475,6 +479,55 @@ class TelemetryGenerator:
                     self._door_open = not self._door_open
                 values[key] = self._door_open
         return values
+
+    def current(self) -> dict[str, Any]:
+        """The latest value of every key, without advancing the walks."""
+        return {key: self.current_value(key) for key in self.keys}
+
+    def current_value(self, key: str) -> Any:
+        """The latest value of ``key`` (as ``next()`` last reported it); ``KeyError`` if not simulated."""
+        if key not in self.keys:
+            raise KeyError(key)
+        if key in self.pinned:
+            return self.pinned[key]
+        if key == "temperature":
+            return round(self._temperature.value, 2)
+        if key == "humidity":
+            return round(self._humidity.value, 1)
+        if key == "rssi":
+            return int(round(self._rssi.value))
+        if key == "battery":
+            return self._battery
+        return self._door_open
+
+    def pin(self, key: str, value: float) -> Any:
+        """Report ``value`` for ``key`` from now on (converted to the key's type: bool for
+        ``door_open``, int for ``battery`` and ``rssi``, float otherwise) and return it. The walk goes
+        on from there (within its bounds) after ``unpin()``. ``KeyError`` if ``key`` is not simulated."""
+        if key not in self.keys:
+            raise KeyError(key)
+        pinned: Any
+        if key == "door_open":
+            pinned = self._door_open = bool(value)
+        elif key == "battery":
+            pinned = int(round(value))
+            self._battery = min(100, max(6, pinned))
+        elif key == "rssi":
+            pinned = int(round(value))
+            self._rssi.value = min(self._rssi.high, max(self._rssi.low, float(pinned)))
+        else:
+            pinned = float(value)
+            walk = self._temperature if key == "temperature" else self._humidity
+            walk.value = min(walk.high, max(walk.low, pinned))
+        self.pinned[key] = pinned
+        return pinned
+
+    def unpin(self, key: str | None = None) -> None:
+        """Let ``key`` (default: every key) follow its random walk again."""
+        if key is None:
+            self.pinned.clear()
+        else:
+            self.pinned.pop(key, None)
 
 
 def default_attributes(rng: random.Random) -> dict[str, Any]:
@@ -530,6 +583,137 @@ class PublishStats:
             self.ack_latencies.append(at - sent_at)
 
 
+# --- Commands -------------------------------------------------------------------------------------
+
+#: The command types of the device contract (``control.choices.CommandType``, not imported here).
+COMMAND_TYPES = frozenset(
+    {
+        "reboot",
+        "reset",
+        "update",
+        "start_stream",
+        "stop_stream",
+        "take_snapshot",
+        "ptz_control",
+        "read_value",
+        "set_sampling_rate",
+        "set_state",
+        "set_value",
+        "custom",
+    }
+)
+
+#: Commands whose final reply a device remembers, to send it again when the command comes again.
+_REMEMBERED_REPLIES = 256
+
+
+class CommandMode(enum.StrEnum):
+    """How a simulated device answers commands."""
+
+    SUCCESS = "success"  # carry the command out and reply success (after ``delay``)
+    FAIL = "fail"  # reply failed, error "simulated failure" (after ``delay``)
+    SLOW = "slow"  # like success, after ``delay`` (default 5 s)
+    SILENT = "silent"  # never reply: the platform times the command out
+
+
+@dataclass(frozen=True)
+class CommandBehaviour:
+    """How a device answers: an ``executing`` reply at once (unless ``executing`` is False), then,
+    ``delay`` seconds later, the final reply (``success`` with a result, or ``failed``). ``delay``
+    None means 5 s for ``slow`` and 0 otherwise. ``silent`` never replies at all."""
+
+    mode: CommandMode = CommandMode.SUCCESS
+    executing: bool = True
+    delay: float | None = None
+    error: str = "simulated failure"  # the error of every final reply in ``fail`` mode
+
+    SLOW_DELAY = 5.0
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mode", CommandMode(self.mode))
+        except ValueError:
+            modes = ", ".join(m.value for m in CommandMode)
+            raise ValueError(f"Unknown command mode {self.mode!r} (one of {modes}).") from None
+        if self.delay is not None and not self.delay >= 0:  # also refuses NaN
+            raise ValueError("The command delay must be >= 0 seconds.")
+
+    @property
+    def final_delay(self) -> float:
+        """Seconds between receiving a command and its final reply."""
+        if self.delay is not None:
+            return float(self.delay)
+        return self.SLOW_DELAY if self.mode is CommandMode.SLOW else 0.0
+
+    @classmethod
+    def of(cls, value: CommandBehaviour | CommandMode | str | None) -> CommandBehaviour:
+        """A behaviour from a behaviour, a mode or a mode's name (None: the default, ``success``)."""
+        if isinstance(value, CommandBehaviour):
+            return value
+        return cls() if value is None else cls(mode=value)  # type: ignore[arg-type]  # __post_init__ converts
+
+
+BehaviourLike = CommandBehaviour | CommandMode | str
+
+
+class CommandError(ValueError):
+    """A command the simulated device cannot carry out; the message is the ``error`` of its reply."""
+
+
+def parse_command(payload: bytes) -> tuple[str, dict[str, Any]]:
+    """``(type, params)`` of a command payload ``{"id", "type", "params", "expires_at"}``;
+    ``CommandError`` when it is not one (malformed JSON, no type, params not an object) or its type
+    is not in ``COMMAND_TYPES``."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CommandError(f"malformed command payload: {exc}") from exc
+    if not isinstance(data, dict):
+        raise CommandError("malformed command payload: not a JSON object")
+    command_type = data.get("type")
+    if not isinstance(command_type, str) or not command_type:
+        raise CommandError("malformed command payload: no type")
+    if command_type not in COMMAND_TYPES:
+        raise CommandError(f"unsupported command type {command_type[:64]!r}")
+    params = data.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise CommandError("malformed command payload: params is not an object")
+    return command_type, params
+
+
+def _number(params: dict[str, Any], name: str, *, required: bool = True) -> float | None:
+    value = params.get(name)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise CommandError(f"{name} must be a number")
+    return value
+
+
+def _string(params: dict[str, Any], name: str, *, required: bool = True) -> str | None:
+    value = params.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise CommandError(f"{name} must be a non-empty string")
+    return value
+
+
+@dataclass
+class _PendingCommand:
+    """A command between its ``executing`` reply and its final one (loop thread)."""
+
+    id: str
+    type: str
+    params: dict[str, Any]
+    reply_topic: str
+    correlation: bytes | None
+    behaviour: CommandBehaviour
+    timer: Timer | None = None
+
+
 # --- One device -----------------------------------------------------------------------------------
 
 
@@ -568,8 +752,10 @@ class SimulatedDevice:
     ``stop()`` publishes ``offline`` and disconnects; ``kill()`` drops the TCP connection without
     DISCONNECT so that the broker publishes the Last Will.
 
-    Incoming commands go to ``handle_command()`` (override it, or pass ``command_handler``); the
-    default only logs and counts them.
+    Incoming commands go to ``handle_command()`` (override it, or pass ``command_handler``), which by
+    default answers them on ``…/reply`` (or the MQTT 5 ResponseTopic, echoing the CorrelationData) as
+    ``command_behaviour`` says: ``executing`` at once, then ``success`` with a result from
+    ``execute_command()`` or ``failed``. See ``CommandBehaviour``.
 
     Without a ``loop`` the device runs its own ``EventLoop`` thread, stopped with the device.
     """
@@ -590,6 +776,7 @@ class SimulatedDevice:
         reconnect: bool = True,
         max_inflight: int = 20,
         command_handler: CommandHandler | None = None,
+        command_behaviour: BehaviourLike | None = None,
     ) -> None:
         if qos not in (0, 1):
             raise ValueError("Telemetry QoS must be 0 or 1.")
@@ -606,6 +793,7 @@ class SimulatedDevice:
         self.reconnect = reconnect
         self.max_inflight = max_inflight
         self.command_handler = command_handler
+        self.command_behaviour = CommandBehaviour.of(command_behaviour)
 
         self.status_topic = f"devices/{self.id}/status"
         self.telemetry_topic = f"devices/{self.id}/telemetry"
@@ -620,7 +808,24 @@ class SimulatedDevice:
         self.acked = 0
         self.connections = 0
         self.commands_received = 0
+        self.commands_answered = 0  # commands that got their final reply (success or failed)
+        self.commands_failed = 0  # of which failed
+        self.replies_sent = 0  # reply publishes, executing ones included
         self.commands_subscribed = False  # True once the broker granted devices/{id}/commands/+
+        # What commands changed (loop thread; read from any thread).
+        self.sampling_rate: float | None = None  # messages per second set by set_sampling_rate; None: the simulator's
+        self.outputs: dict[str, Any] = {}  # set_state ("state") and set_value of keys that are not telemetry
+        self.firmware_version: str | None = (
+            str(self.attributes["firmware"]) if self.attributes.get("firmware") is not None else None
+        )
+        self.streaming = False
+        self.ptz: dict[str, float] = {"pan": 0.0, "tilt": 0.0, "zoom": 1.0}
+        self.snapshots = 0
+        self.reboots = 0
+        self.resets = 0
+        self.on_sampling_rate: Callable[[SimulatedDevice], None] | None = None  # loop thread, after a change
+        self._commands: dict[str, _PendingCommand] = {}  # in progress: between executing and the final reply
+        self._final_replies: OrderedDict[str, tuple[str, bytes, bytes | None]] = OrderedDict()
         self._pending: dict[int, tuple[MessageKey | None, float]] = {}  # mid → (key, sent_at); None: control
         self._inflight_telemetry = 0
         self.send_window = max_inflight  # QoS 1 messages in flight at most (lowered by Receive Maximum)
@@ -729,7 +934,7 @@ class SimulatedDevice:
             return
         if key is None:
             if reason_code.is_failure:
-                logger.warning("%s: broker refused a status/attributes publish: %s", self.id, reason_code)
+                logger.warning("%s: broker refused a status, attributes or reply publish: %s", self.id, reason_code)
             return
         self._inflight_telemetry -= 1
         ok = not reason_code.is_failure
@@ -766,12 +971,203 @@ class SimulatedDevice:
         logger.debug("%s: unexpected message on %s", self.id, message.topic)
 
     def handle_command(self, command_id: str, message: mqtt.MQTTMessage) -> None:
-        """Called on the loop thread for each message on ``devices/{id}/commands/+``. Answering
-        (``…/reply``) is not implemented yet; pass ``command_handler`` or override this."""
+        """Called on the loop thread for each message on ``devices/{id}/commands/+``: the
+        ``command_handler`` if there is one, else ``answer_command()``."""
         if self.command_handler is not None:
             self.command_handler(self, command_id, message)
             return
-        logger.info("%s: command %s received (%d bytes), not answered", self.id, command_id, len(message.payload))
+        self.answer_command(command_id, message)
+
+    # Commands (loop thread)
+
+    def reply_topic(self, message: mqtt.MQTTMessage) -> str:
+        """Where to reply to a command: its MQTT 5 ResponseTopic, else its topic + ``/reply``."""
+        properties = message.properties
+        response_topic = getattr(properties, "ResponseTopic", None) if properties is not None else None
+        if isinstance(response_topic, str) and response_topic and not any(c in response_topic for c in "+#\0"):
+            return response_topic
+        return f"{message.topic}/reply"
+
+    def answer_command(self, command_id: str, message: mqtt.MQTTMessage) -> None:
+        """Answer a command as ``command_behaviour`` says (loop thread). A command already in progress
+        that comes again is ignored; one already answered gets its final reply again."""
+        behaviour = self.command_behaviour
+        if command_id in self._commands:
+            logger.debug("%s: command %s again while in progress: ignored", self.id, command_id)
+            return
+        previous = self._final_replies.get(command_id)
+        if previous is not None:
+            logger.debug("%s: command %s again: final reply sent again", self.id, command_id)
+            self._send_reply(*previous)
+            return
+        if behaviour.mode is CommandMode.SILENT:
+            logger.debug("%s: command %s not answered (silent)", self.id, command_id)
+            return
+        reply_topic = self.reply_topic(message)
+        properties = message.properties
+        correlation = getattr(properties, "CorrelationData", None) if properties is not None else None
+        try:
+            command_type, params = parse_command(message.payload)
+        except CommandError as exc:
+            # Refused at once, without an executing reply: the device cannot even tell what to do.
+            self._final_reply(command_id, "?", reply_topic, correlation, {"status": "failed", "error": str(exc)})
+            return
+        command = _PendingCommand(command_id, command_type, params, reply_topic, correlation, behaviour)
+        if behaviour.executing:
+            self._send_reply(reply_topic, self._reply_payload({"status": "executing"}), correlation)
+        delay = behaviour.final_delay
+        if delay > 0:
+            self._commands[command_id] = command
+            command.timer = self.loop.call_later(delay, lambda: self._complete_command(command))
+        else:
+            self._complete_command(command)
+
+    def execute_command(self, command_type: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Carry a command out on the simulated device and return its result; ``CommandError`` (its
+        message becomes the reply's error) when the params do not fit. Loop thread; override to
+        simulate other devices."""
+        if command_type == "read_value":
+            key = _string(params, "key")
+            return {"key": key, "value": self.read_value(key)}
+        if command_type == "set_value":
+            value = _number(params, "value")
+            key = _string(params, "key", required=False)
+            if key is not None and key in self.telemetry.keys:
+                value = self.telemetry.pin(key, value)
+            else:
+                self.outputs[key or "value"] = value
+            return {"key": key, "value": value}
+        if command_type == "set_state":
+            state = params.get("state")
+            if not isinstance(state, bool):
+                raise CommandError("state must be true or false")
+            self.outputs["state"] = state
+            return {"state": state}
+        if command_type == "set_sampling_rate":
+            rate = _number(params, "rate")
+            if rate <= 0:
+                raise CommandError("rate must be above 0")
+            self.set_sampling_rate(rate)
+            return {"rate": rate}
+        if command_type == "take_snapshot":
+            self.snapshots += 1
+            resolution = _string(params, "resolution", required=False) or "1920x1080"
+            return {"url": f"snapshot://{self.id}/{self.snapshots}.jpg", "resolution": resolution}
+        if command_type == "start_stream":
+            quality = _string(params, "quality", required=False) or "medium"
+            self.streaming = True
+            return {"streaming": True, "quality": quality, "url": f"stream://{self.id}/live"}
+        if command_type == "stop_stream":
+            was_streaming, self.streaming = self.streaming, False
+            return {"streaming": False, "was_streaming": was_streaming}
+        if command_type == "ptz_control":
+            moves = {axis: _number(params, axis, required=False) for axis in ("pan", "tilt", "zoom")}
+            if all(value is None for value in moves.values()):
+                raise CommandError("ptz_control needs pan, tilt or zoom")
+            self.ptz.update({axis: float(value) for axis, value in moves.items() if value is not None})
+            return dict(self.ptz)
+        if command_type == "reboot":
+            self.reboots += 1
+            delay = _number(params, "delay", required=False)
+            return {"rebooted": True, "delay": delay or 0}
+        if command_type == "reset":
+            factory = bool(params.get("factory", False))
+            self.resets += 1
+            self.outputs.clear()
+            self.telemetry.unpin()
+            self.streaming = False
+            self.ptz = {"pan": 0.0, "tilt": 0.0, "zoom": 1.0}
+            if factory and self.sampling_rate is not None:
+                self.set_sampling_rate(None)
+            return {"reset": True, "factory": factory}
+        if command_type == "update":
+            url, checksum, version = (_string(params, name) for name in ("url", "checksum", "version"))
+            previous, self.firmware_version = self.firmware_version, version
+            self.attributes["firmware"] = version
+            if self.state is DeviceState.CONNECTED:
+                attributes = {"firmware": version, "firmware_version": version}
+                self._publish_control(self.attributes_topic, json.dumps(attributes, separators=(",", ":")))
+            return {"version": version, "previous_version": previous}
+        if command_type == "custom":
+            name = _string(params, "name")
+            return {"name": name, "params": {k: v for k, v in params.items() if k != "name"}}
+        raise CommandError(f"unsupported command type {command_type[:64]!r}")
+
+    def read_value(self, key: str) -> Any:
+        """The current value of ``key``: a simulated telemetry key, or something a command set
+        (``state``, a ``set_value`` key); None when the device knows no such key."""
+        if key in self.telemetry.keys:
+            return self.telemetry.current_value(key)
+        return self.outputs.get(key)
+
+    def set_sampling_rate(self, rate: float | None) -> None:
+        """Publish ``rate`` telemetry messages per second from now on (None: the simulator's rate).
+        Only a ``Simulator`` publishes on its own; a lone device just records it."""
+        self.sampling_rate = float(rate) if rate else None
+        if self.on_sampling_rate is not None:
+            self.on_sampling_rate(self)
+
+    def _complete_command(self, command: _PendingCommand) -> None:
+        self._commands.pop(command.id, None)
+        if self.state in _FINAL_STATES or self.state is DeviceState.STOPPING:
+            logger.debug("%s: command %s dropped: the device is %s", self.id, command.id, self.state.value)
+            return
+        reply: dict[str, Any]
+        if command.behaviour.mode is CommandMode.FAIL:
+            reply = {"status": "failed", "error": command.behaviour.error}
+        else:
+            try:
+                reply = {"status": "success", "result": self.execute_command(command.type, command.params)}
+            except CommandError as exc:
+                reply = {"status": "failed", "error": str(exc)}
+            except Exception as exc:
+                logger.exception("%s: command %s (%s) failed", self.id, command.id, command.type)
+                reply = {"status": "failed", "error": f"simulator error: {type(exc).__name__}"}
+        self._final_reply(command.id, command.type, command.reply_topic, command.correlation, reply)
+
+    def _final_reply(
+        self, command_id: str, command_type: str, topic: str, correlation: bytes | None, reply: dict[str, Any]
+    ) -> None:
+        payload = self._reply_payload(reply)
+        self._send_reply(topic, payload, correlation)
+        self.commands_answered += 1
+        if reply["status"] == "failed":
+            self.commands_failed += 1
+        self._final_replies[command_id] = (topic, payload, correlation)
+        while len(self._final_replies) > _REMEMBERED_REPLIES:
+            self._final_replies.popitem(last=False)
+        logger.debug(
+            "%s: command %s (%s) %s: %s",
+            self.id,
+            command_id,
+            command_type,
+            reply["status"],
+            reply.get("error") or reply.get("result"),
+        )
+
+    @staticmethod
+    def _reply_payload(reply: dict[str, Any]) -> bytes:
+        try:
+            return json.dumps(reply, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError):  # a result an override made that JSON cannot carry
+            error = "simulator error: the result is not JSON"
+            return json.dumps({"status": "failed", "error": error}, separators=(",", ":")).encode()
+
+    def _send_reply(self, topic: str, payload: bytes, correlation: bytes | None) -> None:
+        properties = None
+        if self.protocol == mqtt.MQTTv5 and correlation is not None:
+            properties = Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = correlation
+        try:
+            info = self.client.publish(topic, payload, qos=1, properties=properties)
+        except ValueError as exc:  # a topic paho refuses
+            logger.warning("%s: cannot reply on %r: %s", self.id, topic, exc)
+            return
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            logger.warning("%s: reply on %s failed: %s", self.id, topic, mqtt.error_string(info.rc))
+            return
+        self._pending[info.mid] = (None, time.time())
+        self.replies_sent += 1
 
     # Internals (loop thread)
 
@@ -888,6 +1284,10 @@ class SimulatedDevice:
         if self._stop_timer is not None:
             self._stop_timer.cancel()
             self._stop_timer = None
+        for command in self._commands.values():
+            if command.timer is not None:
+                command.timer.cancel()
+        self._commands.clear()
         self.loop.detach(self.client)
         self._connected.set()
         self._closed.set()
@@ -977,6 +1377,8 @@ class SimulatorSummary:
     ack_rate: float  # messages per second acknowledged
     ack_latency_p50_ms: float | None
     ack_latency_p99_ms: float | None
+    commands_received: int = 0
+    commands_answered: int = 0  # final replies sent (success or failed)
 
     def line(self) -> str:
         latency = (
@@ -989,6 +1391,7 @@ class SimulatorSummary:
             f" rejected={self.rejected} failed={self.failed} skipped={self.skipped}"
             f" elapsed={self.elapsed:.2f}s rate={self.publish_rate:.1f}msg/s ack_rate={self.ack_rate:.1f}msg/s"
             f"{latency}"
+            + (f" commands={self.commands_answered}/{self.commands_received}" if self.commands_received else "")
         )
 
 
@@ -1003,6 +1406,11 @@ class Simulator:
     ``stats.sent_times`` maps each message key ``(device_id, ts)`` to its publish time (``time.time()``)
     and ``stats.acked`` / ``stats.outstanding`` say how many QoS 1 publishes the broker acknowledged;
     ``wait_for_acks()`` waits for all of them.
+
+    Devices answer commands as ``command_behaviour`` says (default ``success``), or as
+    ``device_command_behaviours[device_id]`` says for the devices listed there; see
+    ``CommandBehaviour`` and ``set_command_behaviour()``. A ``set_sampling_rate`` command changes the
+    rate of its device from then on.
     """
 
     def __init__(
@@ -1022,6 +1430,8 @@ class Simulator:
         max_inflight: int = 20,
         connect_timeout: float = 30.0,
         device_factory: Callable[..., SimulatedDevice] = SimulatedDevice,
+        command_behaviour: BehaviourLike | None = None,
+        device_command_behaviours: Mapping[str, BehaviourLike] | None = None,
     ) -> None:
         if not credentials:
             raise ValueError("No device credentials.")
@@ -1057,6 +1467,14 @@ class Simulator:
             )
             for c in credentials
         ]
+        self.command_behaviour = CommandBehaviour.of(command_behaviour)
+        overrides = {key: CommandBehaviour.of(value) for key, value in (device_command_behaviours or {}).items()}
+        unknown = set(overrides) - {device.id for device in self.devices}
+        if unknown:
+            raise ValueError(f"Command behaviours for unknown devices: {sorted(unknown)[:5]}")
+        for device in self.devices:
+            device.command_behaviour = overrides.get(device.id, self.command_behaviour)
+            device.on_sampling_rate = self._sampling_rate_changed
         self._publishing = False
         self._done = threading.Event()
         self._started_at: float | None = None
@@ -1065,6 +1483,28 @@ class Simulator:
         self._stopped = False
         self._ready: set[SimulatedDevice] = set()  # as-fast-as-acknowledged mode: devices to top up
         self._next_sweep = 0.0
+        self._tick_timers: dict[str, Timer] = {}  # device id → its next telemetry tick (loop thread)
+
+    def set_command_behaviour(self, behaviour: BehaviourLike, device_ids: Iterable[str] | None = None) -> None:
+        """Answer the commands received from now on as ``behaviour`` says: on the devices
+        ``device_ids`` (default: every device, and the simulator's default). Any thread."""
+        resolved = CommandBehaviour.of(behaviour)
+        by_id = {device.id: device for device in self.devices}
+        if device_ids is None:
+            self.command_behaviour = resolved
+            targets = list(self.devices)
+        else:
+            wanted = list(device_ids)
+            unknown = [device_id for device_id in wanted if device_id not in by_id]
+            if unknown:
+                raise ValueError(f"Unknown devices: {unknown[:5]}")
+            targets = [by_id[device_id] for device_id in wanted]
+
+        def apply() -> None:
+            for device in targets:
+                device.command_behaviour = resolved
+
+        self.loop.run_sync(apply)
 
     # Running
 
@@ -1100,15 +1540,15 @@ class Simulator:
         if self.duration is not None:
             self._deadline_timer = self.loop.call_at(now + self.duration, self._finish)
         if self.rate is None:
-            self._ready = set(self.devices)
+            self._ready = {device for device in self.devices if device.sampling_rate is None}
             for device in self.devices:
                 device.on_ack = self._mark_ready
             self.loop.add_idle_hook(self._flood)
-        else:
-            interval = 1.0 / self.rate
-            for device in self.devices:
+        for device in self.devices:
+            interval = self._interval(device)
+            if interval is not None:
                 first = now + self._rng.uniform(0, interval)  # spread the devices over one period
-                self._schedule_tick(device, first, interval)
+                self._schedule_tick(device, first)
         if self.rate is not None:
             logger.info(
                 "publishing %.3g msg/s per device (%.4g msg/s in total)", self.rate, self.rate * len(self.devices)
@@ -1116,13 +1556,19 @@ class Simulator:
         else:
             logger.info("publishing as fast as the broker acknowledges (%d in flight per device)", self.max_inflight)
 
-    def _schedule_tick(self, device: SimulatedDevice, when: float, interval: float) -> None:
-        self.loop.call_at(when, lambda: self._tick(device, when, interval))
+    def _interval(self, device: SimulatedDevice) -> float | None:
+        """Seconds between two messages of ``device``; None: as fast as acknowledged."""
+        rate = device.sampling_rate or self.rate
+        return 1.0 / rate if rate else None
+
+    def _schedule_tick(self, device: SimulatedDevice, when: float) -> None:
+        self._tick_timers[device.id] = self.loop.call_at(when, lambda: self._tick(device, when))
 
     def _budget_left(self) -> bool:
         return self.count is None or self.stats.published < self.count
 
-    def _tick(self, device: SimulatedDevice, due: float, interval: float) -> None:
+    def _tick(self, device: SimulatedDevice, due: float) -> None:
+        self._tick_timers.pop(device.id, None)
         if not self._publishing or device.state in _FINAL_STATES:
             return
         if not self._budget_left():
@@ -1132,14 +1578,36 @@ class Simulator:
         if not self._budget_left():
             self._finish()
             return
+        interval = self._interval(device)
+        if interval is None:  # back to as fast as acknowledged
+            self._ready.add(device)
+            return
         following = due + interval
         now = time.monotonic()
         if following < now - 1.0:  # more than a second behind: don't try to catch up
             following = now
-        self._schedule_tick(device, following, interval)
+        self._schedule_tick(device, following)
+
+    def _sampling_rate_changed(self, device: SimulatedDevice) -> None:
+        """A set_sampling_rate (or factory reset) changed the rate of ``device`` (loop thread):
+        its next message follows the new rate."""
+        if not self._publishing or device.state in _FINAL_STATES:
+            return  # ``_start_publishing`` reads the device's rate
+        timer = self._tick_timers.pop(device.id, None)
+        if timer is not None:
+            timer.cancel()
+        interval = self._interval(device)
+        if interval is None:
+            self._ready.add(device)
+        else:
+            self._ready.discard(device)
+            self._schedule_tick(device, time.monotonic() + interval)
+        rate = device.sampling_rate or self.rate
+        logger.info("%s: publishing %s", device.id, f"{rate:.3g} msg/s" if rate else "as fast as acknowledged")
 
     def _mark_ready(self, device: SimulatedDevice) -> None:
-        self._ready.add(device)
+        if device.sampling_rate is None:
+            self._ready.add(device)
 
     def _flood(self) -> None:
         """Idle hook of the as-fast-as-acknowledged mode: top up the in-flight window of every device
@@ -1150,10 +1618,10 @@ class Simulator:
         now = time.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + 0.5
-            self._ready.update(self.devices)
+            self._ready.update(device for device in self.devices if device.sampling_rate is None)
         ready, self._ready = self._ready, set()
         for device in ready:
-            if device.state is not DeviceState.CONNECTED:
+            if device.state is not DeviceState.CONNECTED or device.sampling_rate is not None:
                 continue
             while device._inflight_telemetry < device.send_window:
                 if not self._budget_left():
@@ -1169,6 +1637,9 @@ class Simulator:
         self._ended_at = time.monotonic()
         if self._deadline_timer is not None:
             self._deadline_timer.cancel()
+        for timer in self._tick_timers.values():
+            timer.cancel()
+        self._tick_timers.clear()
         self.loop.remove_idle_hook(self._flood)
         self._done.set()
 
@@ -1262,4 +1733,6 @@ class Simulator:
             ack_rate=stats.acked / elapsed if elapsed > 0 else 0.0,
             ack_latency_p50_ms=p50,
             ack_latency_p99_ms=p99,
+            commands_received=sum(d.commands_received for d in self.devices),
+            commands_answered=sum(d.commands_answered for d in self.devices),
         )
