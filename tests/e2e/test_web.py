@@ -69,6 +69,36 @@ def test_embedded_mode_from_nothing(tmp_path):
         assert isinstance(metrics["values"]["temperature"]["value"], float)
         assert call("GET", f"{base}/api/v1/devices/temp_sensor_01/", token=token)[1]["status"] == "online"
 
+        # Commands go out through the embedded broker to the simulated devices, whose replies come
+        # back through the bridge thread.
+        deadline = time.monotonic() + 30
+        while call("GET", f"{base}/api/v1/devices/fan_01/", token=token)[1]["status"] != "online":
+            assert time.monotonic() < deadline, "fan_01 never came online"
+            time.sleep(0.5)
+        status, command = call(
+            "POST",
+            f"{base}/api/v1/devices/temp_sensor_01/commands/",
+            {"type": "read_value", "params": {"key": "temperature"}},
+            token=token,
+        )
+        assert status == 201 and command["status"] == "sent", command
+        status, batch = call(
+            "POST",
+            f"{base}/api/v1/devices/batch/commands/",
+            {"type": "set_state", "params": {"state": True}, "targets": {"tags": ["hvac"]}},
+            token=token,
+        )
+        assert status == 201 and batch["total"] == 2, batch
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            done = call("GET", f"{base}/api/v1/commands/{command['id']}/", token=token)[1]
+            progress = call("GET", f"{base}/api/v1/command-batches/{batch['id']}/", token=token)[1]
+            if done["status"] == "success" and progress["counts"]["success"] == 2:
+                break
+            time.sleep(0.5)
+        assert done["status"] == "success" and isinstance(done["result"]["value"], float), done
+        assert progress["counts"]["success"] == 2, progress
+
         final_url, html, opener = _admin_login(base, username, password)
         assert final_url.endswith("/admin/")
         assert "Devices by status (7 in all)" in html
