@@ -36,6 +36,7 @@ format: venv
 bench: venv
 	$(PY) bench/registry.py
 	$(PY) bench/ingest.py
+	$(PY) bench/commands.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -119,6 +119,12 @@ class CommandPublisher:
             self._connected.set()  # wake the waiter; it reads _refused
             return
         self._refused = None
+        # MQTT 5: never more unacknowledged messages in flight than the broker's Receive Maximum.
+        # paho 2.2 ignores it and refuses max_inflight_messages_set once connected, so the limit
+        # goes straight into the attribute that setter writes (measured: no slower with 20).
+        receive_maximum = getattr(props, "ReceiveMaximum", None) if self.mqtt5 else None
+        if hasattr(client, "_max_inflight_messages"):
+            client._max_inflight_messages = min(MAX_INFLIGHT, receive_maximum or MAX_INFLIGHT)
         logger.info(
             "command publisher %s connected to %s:%d (MQTT %s)", self.client_id, self.host, self.port, self.protocol
         )

@@ -58,7 +58,7 @@ class DeviceCommandViewSet(mixins.ListModelMixin, mixins.CreateModelMixin, views
             expires_at=data.get("expires_at"),
             actor=request.user,
         )
-        command.refresh_from_db()
+        command.refresh_from_db(fields=["status", "sent_at", "deadline_at", "completed_at", "error"])
         return Response(DeviceCommandSerializer(command).data, status=status.HTTP_201_CREATED)
 
 
