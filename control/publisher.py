@@ -41,6 +41,7 @@ class Outgoing:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     expiry_seconds: int | None = None
+    retain: bool = False
 
 
 class CommandPublisher:
@@ -191,7 +192,9 @@ class CommandPublisher:
         timeout = self.connect_timeout if timeout is None else timeout
         infos = []
         for message in messages:
-            info = client.publish(message.topic, message.payload, qos=1, properties=self._properties(message))
+            info = client.publish(
+                message.topic, message.payload, qos=1, retain=message.retain, properties=self._properties(message)
+            )
             # Not sent now (connection just dropped): counted as not acknowledged, so the command
             # stays pending and goes out again later; QoS 1 allows the rare duplicate that makes.
             infos.append(info if info.rc == mqtt.MQTT_ERR_SUCCESS else None)

@@ -460,9 +460,12 @@ def parse_reply(device_id: str, command_id: str, payload: bytes, received: datet
     return Reply(device_id, command_id, status, data.get("result"), error[:REPLY_ERROR_MAX_LENGTH], received)
 
 
-def record_replies(replies: list[Reply]) -> list[tuple[Reply, ReplyRejected]]:
+def record_replies(
+    replies: list[Reply], applied: list[tuple[DeviceCommand, Reply]] | None = None
+) -> list[tuple[Reply, ReplyRejected]]:
     """Apply the replies of one ingest batch (inside its transaction), in the order received. Returns
-    the rejected ones: an id that is no command, or a command of another device."""
+    the rejected ones: an id that is no command, or a command of another device. Replies that
+    changed a command are appended to ``applied`` when given (with the command as it is after)."""
     rejected: list[tuple[Reply, ReplyRejected]] = []
     wanted: dict[uuid.UUID, list[Reply]] = {}
     for reply in replies:
@@ -491,7 +494,7 @@ def record_replies(replies: list[Reply]) -> list[tuple[Reply, ReplyRejected]]:
                 rejected.append((reply, ReplyRejected(RejectReason.WRONG_DEVICE, detail)))
                 continue
             old = command.status
-            applied = _apply(command, reply)
+            was_applied = _apply(command, reply)
             rows.append(
                 CommandReply(
                     command=command,
@@ -499,12 +502,14 @@ def record_replies(replies: list[Reply]) -> list[tuple[Reply, ReplyRejected]]:
                     result=reply.result,
                     error=reply.error,
                     received_at=reply.received,
-                    applied=applied,
+                    applied=was_applied,
                 )
             )
-            if applied:
+            if was_applied:
                 changed[pk] = command
                 changes.append(_change(command, old))
+                if applied is not None:
+                    applied.append((command, reply))
     if rows:
         CommandReply.objects.bulk_create(rows)
     if changed:

@@ -41,6 +41,9 @@ DEVICE_ACTIVATION_CHANGED = "device.activation_changed"
 DEVICE_CREDENTIALS_ROTATED = "device.credentials_rotated"
 COMMAND_STATUS_CHANGED = "command.status_changed"
 COMMAND_BATCH_CREATED = "command.batch_created"
+RULE_CHANGED = "rule.changed"
+RULE_MATCHED = "rule.matched"
+PLUGIN_CHANGED = "plugin.changed"
 
 
 def group_for(event_type: str) -> str:

@@ -70,6 +70,7 @@ INSTALLED_APPS = [
     "telemetry",
     "transport",
     "control",
+    "rules",
 ]
 
 MIDDLEWARE = [
@@ -335,6 +336,20 @@ CELERY_BEAT_SCHEDULE = {
     "trim-dead-letters": {"task": "telemetry.tasks.trim_dead_letters", "schedule": 300.0},
     "sweep-commands": {"task": "control.tasks.sweep_commands", "schedule": COMMAND_SWEEP_SECONDS},
 }
+
+# --- Rules and Wasm plugins ------------------------------------------------------------------
+
+# Plugin sandbox (rules/plugins/host.py; docs/PLUGIN_DEV.md). Time, fuel and output are per call,
+# and one call carries a whole batch of a device type's messages.
+PLUGIN_MAX_MODULE_BYTES = env.int("PLUGIN_MAX_MODULE_BYTES", default=2 * 1024 * 1024)
+PLUGIN_MEMORY_BYTES = env.int("PLUGIN_MEMORY_BYTES", default=16 * 1024 * 1024)
+PLUGIN_TIMEOUT_MS = env.int("PLUGIN_TIMEOUT_MS", default=50)
+PLUGIN_FUEL = env.int("PLUGIN_FUEL", default=50_000_000)
+PLUGIN_MAX_OUTPUT_BYTES = env.int("PLUGIN_MAX_OUTPUT_BYTES", default=1024 * 1024)
+# Idle instances kept per plugin and process (set it to the worker's thread count).
+PLUGIN_POOL_SIZE = env.int("PLUGIN_POOL_SIZE", default=2)
+# The longest timeout a rule's webhook action may ask for (seconds).
+RULES_WEBHOOK_MAX_TIMEOUT = env.int("RULES_WEBHOOK_MAX_TIMEOUT", default=30)
 
 # --- Logging ------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ api_v1 = [
     path("", include("transport.api.urls")),
     path("", include("telemetry.api.urls")),
     path("", include("control.api.urls")),
+    path("", include("rules.api.urls")),
     path("", include("devices.api.urls")),
 ]
 

@@ -1,1 +1,1 @@
-"""FluxIoT SDK: the device simulator (``sdk.simulator``) and, later, the plugin SDK."""
+"""FluxIoT SDK: the device simulator (``sdk.simulator``) and the plugin SDK (``sdk/plugins``: C header, examples)."""

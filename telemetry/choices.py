@@ -20,3 +20,4 @@ class RejectReason(models.TextChoices):
     BAD_REPLY = "bad_reply", "Command reply without a valid status"
     UNKNOWN_COMMAND = "unknown_command", "Reply for an unknown command"
     WRONG_DEVICE = "wrong_device", "Reply for a command of another device"
+    PLUGIN_FAILED = "plugin_failed", "Preprocess plugin failed (plugin set to dead-letter)"

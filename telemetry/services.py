@@ -28,6 +28,12 @@ from devices import services as device_services
 from devices.choices import ActivationState, DeviceStatus
 from devices.models import Device
 from fluxiot import events
+from rules import ingest as rules_ingest
+from rules.choices import Trigger
+from rules.engine import RuleSet
+from rules.ingest import RuleInput
+from rules.models import DeviceFacts
+from rules.runtime import PluginSet, Preprocessed, flush_plugin_counters, preprocess
 from telemetry import metrics
 from telemetry.choices import RejectReason
 from telemetry.models import DeadLetter
@@ -183,6 +189,7 @@ class IngestResult:
     points: int = 0
     stored: int = 0
     rejected: Counter = field(default_factory=Counter)
+    derived: int = 0  # points added by rules (store_telemetry)
 
     @property
     def duplicates(self) -> int:
@@ -204,9 +211,14 @@ def _dead_letter(topic: str, payload: bytes, received: datetime, reject: Reject,
         topic=topic[:255],
         device_id=device_id[:64],
         reason=reject.reason,
-        detail=reject.detail[:500],
-        payload=bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]).decode("utf-8", "backslashreplace"),
+        detail=_text(reject.detail)[:500],
+        payload=_text(bytes(payload[:DEAD_LETTER_PAYLOAD_BYTES]).decode("utf-8", "backslashreplace")),
     )
+
+
+def _text(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: binary payloads (a raw sensor frame) keep it escaped."""
+    return value.replace("\x00", "\\x00") if "\x00" in value else value
 
 
 def ingest_batch(items: list[list[Any]]) -> IngestResult:
@@ -234,10 +246,16 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
             "id", "activation_state", "status"
         )
     }
+    plugins = PluginSet.current()
+    preprocessed = _preprocess(parsed, known, plugins) if plugins.plugins else None
+    ruleset = RuleSet.current()
+    rule_inputs: list[RuleInput] = []
+    telemetry_rules = rules_ingest.wanted(ruleset, Trigger.TELEMETRY)
+    attribute_rules = rules_ingest.wanted(ruleset, Trigger.ATTRIBUTES)
     devices: dict[str, _DeviceState] = {}
     points: list[Point] = []
     replies: list[tuple[Reply, str, bytes]] = []
-    for device_id, kind, payload, received, oversize, command_id in parsed:
+    for index, (device_id, kind, payload, received, oversize, command_id) in enumerate(parsed):
         topic = f"devices/{device_id}/commands/{command_id}/reply" if command_id else f"devices/{device_id}/{kind}"
         try:
             if device_id not in known:
@@ -245,19 +263,31 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
             activation, status = known[device_id]
             if activation != ActivationState.ACTIVE:
                 raise Reject(RejectReason.DEVICE_NOT_ACTIVE, f"{device_id} is {activation}")
+            if preprocessed is not None and index in preprocessed.dead:
+                raise Reject(RejectReason.PLUGIN_FAILED, preprocessed.dead[index])
+            if preprocessed is not None and index in preprocessed.payloads:
+                payload, oversize = preprocessed.payloads[index], False  # decoded from the raw frame
             if oversize:
                 raise Reject(RejectReason.PAYLOAD_TOO_LARGE, f"over {settings.INGEST_MAX_PAYLOAD_BYTES} bytes")
             state = devices.setdefault(device_id, _DeviceState(status=status))
             if kind == "telemetry":
                 new_points = parse_telemetry(device_id, payload, received, limits)
                 points.extend(new_points)
+                if telemetry_rules:
+                    values = {key: value for _, key, _, value in new_points}
+                    rule_inputs.append(RuleInput(Trigger.TELEMETRY, device_id, received, index, telemetry=values))
                 for _, key, ts, value in new_points:
                     seen = state.latest.get(key)
                     if seen is None or seen[0] <= ts:
                         state.latest[key] = (ts, value)
                 _came_online(state)
             elif kind == "attributes":
-                state.attributes.update(parse_attributes(payload))
+                reported_attributes = parse_attributes(payload)
+                state.attributes.update(reported_attributes)
+                if attribute_rules:
+                    rule_inputs.append(
+                        RuleInput(Trigger.ATTRIBUTES, device_id, received, index, attributes=reported_attributes)
+                    )
                 _came_online(state)
             elif kind == "reply":
                 try:
@@ -277,15 +307,29 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
             dead.append(_dead_letter(topic, payload, received, reject, device_id))
 
     result.points = len(points)
+    if rules_ingest.wanted(ruleset, Trigger.STATUS):
+        for device_id, state in devices.items():
+            if state.status != known[device_id][1]:
+                change = {"old": known[device_id][1], "new": state.status}
+                rule_inputs.append(RuleInput(Trigger.STATUS, device_id, state.last_seen or limits.now, status=change))
     with transaction.atomic():
-        result.stored = get_store().write(points)
         _update_devices(devices, known)
+        if preprocessed is not None:
+            flush_plugin_counters(preprocessed)
         if replies:
             by_reply = {id(reply): (topic, payload) for reply, topic, payload in replies}
-            for reply, exc in command_services.record_replies([reply for reply, _, _ in replies]):
+            applied: list[tuple[Any, Reply]] = []
+            for reply, exc in command_services.record_replies([reply for reply, _, _ in replies], applied):
                 topic, payload = by_reply[id(reply)]
                 reject = Reject(RejectReason(exc.reason), exc.detail)
                 dead.append(_dead_letter(topic, payload, reply.received, reject, reply.device_id))
+            if rules_ingest.wanted(ruleset, Trigger.COMMAND_RESULT):
+                rule_inputs += [_command_result(command, reply) for command, reply in applied]
+        if rule_inputs:
+            derived = rules_ingest.run_rules(rule_inputs, ruleset).points
+            points.extend(derived)
+            result.derived = len(derived)
+        result.stored = get_store().write(points)
         if dead:
             DeadLetter.objects.bulk_create(dead)
         if devices:
@@ -294,6 +338,34 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
         result.rejected[letter.reason] += 1
     metrics.record_batch(result)
     return result
+
+
+def _preprocess(
+    parsed: list[tuple[str, str, bytes, datetime, bool, str]], known: dict[str, tuple[str, str]], plugins: PluginSet
+) -> Preprocessed:
+    """Run the raw telemetry payloads of active devices through their preprocess plugins."""
+    active = {device_id for device_id, (activation, _) in known.items() if activation == ActivationState.ACTIVE}
+    wanted = [i for i, p in enumerate(parsed) if p[1] == "telemetry" and p[0] in active]
+    facts = device_facts({parsed[i][0] for i in wanted})
+    messages = [(i, facts[parsed[i][0]], f"devices/{parsed[i][0]}/telemetry", parsed[i][2]) for i in wanted]
+    return preprocess(messages, plugins)
+
+
+def device_facts(device_ids: set[str]) -> dict[str, DeviceFacts]:
+    """What scoping (rules, plugins) needs of each device: type, tags, group path."""
+    rows = Device.objects.filter(pk__in=device_ids).values_list("id", "device_type", "tags", "group__path")
+    return {i: DeviceFacts(i, device_type, tuple(tags or ()), path or "") for i, device_type, tags, path in rows}
+
+
+def _command_result(command: Any, reply: Reply) -> RuleInput:
+    details = {
+        "id": str(command.pk),
+        "type": command.command_type,
+        "status": command.status,
+        "result": command.result,
+        "error": command.error,
+    }
+    return RuleInput(Trigger.COMMAND_RESULT, command.device_id, reply.received, command=details)
 
 
 def _came_online(state: _DeviceState) -> None:

@@ -437,3 +437,37 @@ class MqttProbe:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Listener(MqttProbe):
+    """A device-side MQTT client subscribed to a device's commands."""
+
+    def commands(self, count: int, timeout: float = 5.0) -> list[Any]:
+        got = []
+        for _ in range(count):
+            message = self.message(timeout)
+            if message is None:
+                break
+            got.append(message)
+        return got
+
+    @staticmethod
+    def payload(message: Any) -> dict[str, Any]:
+        return json.loads(message.payload)
+
+
+@pytest.fixture
+def listen(command_broker: Any) -> Iterator[Any]:
+    """``listen(device_id)``: a subscribed MQTT 5 client receiving that device's commands."""
+    probes: list[Listener] = []
+
+    def make(device_id: str, protocol: int = 5) -> Listener:
+        probe = Listener(command_broker.host, command_broker.port, protocol=protocol)
+        assert probe.connect() is not None
+        assert probe.subscribe(f"devices/{device_id}/commands/+") is not None
+        probes.append(probe)
+        return probe
+
+    yield make
+    for probe in probes:
+        probe.close()

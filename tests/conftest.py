@@ -5,7 +5,7 @@ from fluxiot import roles
 from tests.factories import UserFactory
 
 # Private Mosquitto brokers (mosquitto_broker, dynsec_broker, dynsec_settings).
-pytest_plugins = ["tests.brokers"]
+pytest_plugins = ["tests.brokers", "tests.wasm"]
 
 
 @pytest.fixture

@@ -55,6 +55,10 @@ class Platform:
             LAST_SEEN_RESOLUTION_SECONDS="0",  # every batch writes last_seen_at (the worker test needs it)
             FLUXIOT_VAR_DIR=str(tmp_path),
             LOG_LEVEL="INFO",
+            # This run's cache and channel-layer namespaces (fluxiot/settings_test.py): the processes
+            # see the rule generation the test bumps, and their events reach the test's listeners.
+            CACHE_KEY_PREFIX=f"fluxiot-test-{os.getpid()}",
+            CHANNEL_LAYER_PREFIX=f"fluxiot-test-{os.getpid()}",
         )
         self.tmp_path = tmp_path
         self.procs: dict[str, subprocess.Popen] = {}

@@ -230,3 +230,14 @@ def test_dead_letters_are_bounded(settings):
     assert services.trim_dead_letters() == 7
     assert DeadLetter.objects.count() == 5
     assert services.trim_dead_letters() == 0
+
+
+def test_binary_payloads_are_dead_lettered_with_their_nul_bytes_escaped(device):
+    """PostgreSQL text refuses NUL: a raw frame must not fail the whole batch."""
+    result = services.ingest_batch(
+        [item(device.id, "telemetry", b"\x00\x01\xff binary"), item(device.id, "telemetry", {"t": 1})]
+    )
+    assert dict(result.rejected) == {"malformed_json": 1}
+    letter = DeadLetter.objects.get()
+    assert letter.payload.startswith("\\x00\x01\\xff") and "\x00" not in letter.payload
+    assert LatestValue.objects.get(device_id=device.id, key="t").value == 1
