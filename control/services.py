@@ -561,6 +561,19 @@ def _announce(changes: list[dict[str, Any]]) -> None:
         for status, n in counts.items():
             TRANSITIONS.labels(status).inc(n)
 
+    failed = [change for change in changes if change["status"] in (CommandStatus.FAILED, CommandStatus.TIMEOUT)]
+    if failed:
+        transaction.on_commit(lambda: _notify_failed(failed))
     if changes:
         transaction.on_commit(count)
         events.publish(events.COMMAND_STATUS_CHANGED, {"commands": changes, "at": timezone.now().isoformat()})
+
+
+def _notify_failed(failed: list[dict[str, Any]]) -> None:
+    from control import hooks
+
+    for hook in list(hooks.commands_failed):
+        try:
+            hook(failed)
+        except Exception:
+            logger.exception("commands-failed hook %r failed", hook)

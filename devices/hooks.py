@@ -16,3 +16,7 @@ credentials_changed: list[Callable[[str, str | None, str], None]] = []
 # fn(device_id) once a device's status turned online (after the commit): ``control`` sends the
 # commands that waited for it.
 came_online: list[Callable[[str], None]] = []
+
+# fn(device_id, old_status, new_status, reason) after every status change commits (``alarms`` raises
+# and clears the device-offline alarm here).
+status_changed: list[Callable[[str, str, str, str], None]] = []

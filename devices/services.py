@@ -153,7 +153,19 @@ def set_status(
         )
         if new_status == DeviceStatus.ONLINE:
             _came_online(locked.id)
+        _status_changed(locked.id, change.old_status, new_status, change.reason)
     return change
+
+
+def _status_changed(device_id: str, old: str, new: str, reason: str) -> None:
+    def notify() -> None:
+        for hook in list(hooks.status_changed):
+            try:
+                hook(device_id, old, new, reason)
+            except Exception:
+                logger.exception("status hook %r failed for device %s", hook, device_id)
+
+    transaction.on_commit(notify)
 
 
 def _came_online(device_id: str) -> None:
