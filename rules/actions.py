@@ -107,6 +107,10 @@ class ActionSpec:
     description: str = ""
     schema: dict[str, Any] = {"type": "object"}
     example: dict[str, Any] = {}
+    # Whether ``execute`` writes to the database (then it runs in a savepoint, so its failure cannot
+    # spoil the batch's transaction). Actions that only collect points or act after the commit don't
+    # pay for one: a savepoint per matched message was most of a rule's cost in the ingest.
+    uses_database: bool = True
 
     def __init__(self) -> None:
         Draft202012Validator.check_schema(self.schema)
@@ -201,7 +205,9 @@ def _device_id(message: Any) -> str:
 
 
 def _received(message: Any) -> datetime:
-    return message.received
+    """When derived values are stored: the reading's own time (so they line up with it and a second
+    reading of the same device cannot collide with the first's), else the receive time."""
+    return getattr(message, "ts", None) or message.received
 
 
 def _rule_summary(rule: Any) -> dict[str, Any]:
@@ -286,6 +292,7 @@ def _point_value(key: str, value: Any) -> Any:
 
 
 class EmitEvent(ActionSpec):
+    uses_database = False
     type = "emit_event"
     description = (
         f"Publish a {RULE_MATCHED} event on the bus (live pages, WebSocket clients, other apps), with the "
@@ -309,6 +316,7 @@ class EmitEvent(ActionSpec):
 
 
 class StoreTelemetry(ActionSpec):
+    uses_database = False
     type = "store_telemetry"
     description = (
         "Store derived telemetry for the message's device at the message's time: each key gets the "
@@ -507,6 +515,7 @@ def topic_errors(topic: str) -> list[str]:
 
 
 class PublishMqtt(ActionSpec):
+    uses_database = False
     type = "publish_mqtt"
     description = (
         "Publish to an MQTT topic once the batch is stored; {device} in the topic stands for the device's "
@@ -573,6 +582,7 @@ def _webhook_max_timeout() -> int:
 
 
 class Webhook(ActionSpec):
+    uses_database = False
     type = "webhook"
     description = (
         "POST the message as JSON (rule, device, trigger, received, and its telemetry, attributes, status "
@@ -700,9 +710,13 @@ def run_actions(
         try:
             if spec is None:
                 raise ActionError(f"unknown action type {action_type!r}")
-            # A savepoint: an action failing in the database must not spoil the ingest transaction.
-            with transaction.atomic():
-                spec.execute(ctx, action.get("params", {}), rule, message)
+            params = action.get("params", {})
+            if spec.uses_database:
+                # A savepoint: an action failing in the database must not spoil the ingest transaction.
+                with transaction.atomic():
+                    spec.execute(ctx, params, rule, message)
+            else:
+                spec.execute(ctx, params, rule, message)
         except ActionError as exc:
             entry["error"] = str(exc)
         except Exception as exc:  # one action's failure never stops the others

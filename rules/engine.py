@@ -70,6 +70,7 @@ class EngineMessage:
     telemetry: dict[str, Any] = field(default_factory=dict)  # telemetry trigger: {key: value}
     status: dict[str, Any] = field(default_factory=dict)  # status trigger: {"old": …, "new": …}
     command: dict[str, Any] = field(default_factory=dict)  # command_result: {"id", "type", "status", "result", "error"}
+    ts: datetime | None = None  # telemetry: the reading's own time (derived points are stored at it)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

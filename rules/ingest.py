@@ -26,6 +26,7 @@ class RuleInput:
     device_id: str
     received: datetime
     index: int = 0
+    ts: datetime | None = None  # telemetry: the reading's own time
     telemetry: dict[str, Any] = field(default_factory=dict)
     attributes: dict[str, Any] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
@@ -46,7 +47,7 @@ def wanted(ruleset: RuleSet, trigger: str) -> bool:
 def run_rules(inputs: list[RuleInput], ruleset: RuleSet) -> RulesRun:
     """Judge the batch's inputs and run the actions of every match (inside the caller's
     transaction, before its points are written: ``previous`` is each device's latest values before
-    this batch). Rule counters are written at the end (one UPDATE per rule)."""
+    this batch). The caller writes the counters with ``finish`` at the end of its transaction."""
     from devices.models import Device
     from telemetry.models import LatestValue
 
@@ -88,6 +89,7 @@ def run_rules(inputs: list[RuleInput], ruleset: RuleSet) -> RulesRun:
                 telemetry=item.telemetry,
                 status=item.status,
                 command=item.command,
+                ts=item.ts,
             )
         )
     outcome = evaluate(messages, ruleset)
@@ -101,5 +103,10 @@ def run_rules(inputs: list[RuleInput], ruleset: RuleSet) -> RulesRun:
             counts.last_error = "; ".join(context.errors[before:])
             counts.last_error_at = message.received
             logger.warning("rule %r: actions failed for %s: %s", rule.name, message.device.id, counts.last_error)
-    flush_counters(outcome)
     return RulesRun(context.points, outcome)
+
+
+def finish(run: RulesRun) -> None:
+    """Write the rules' counters: last in the batch's transaction, since the rows stay locked until
+    it commits and concurrent batches would queue on them."""
+    flush_counters(run.outcome)

@@ -113,14 +113,15 @@ def preprocess(messages: list[tuple[int, DeviceFacts, str, bytes]], plugins: Plu
                 break
     for plugin_id, batch in by_plugin.items():
         plugin = chosen[plugin_id]
-        results = run_plugin(
-            plugin.id,
-            plugin.sha256,
-            plugin.module,
-            plugin.config,
-            [{"device": device.id, "topic": topic, "payload": payload} for _, device, topic, payload in batch],
-            name=plugin.name,
-        )
+        inputs = [{"device": device.id, "topic": topic, "payload": payload} for _, device, topic, payload in batch]
+        results = run_plugin(plugin.id, plugin.sha256, plugin.module, plugin.config, inputs, name=plugin.name)
+        if _timed_out(results):
+            # The deadline is wall time for the whole batch: on a loaded machine a call that needs a
+            # few milliseconds of CPU can miss it waiting for a core. Once more, on a fresh instance;
+            # a plugin that really loops is stopped again (and its messages fail), costing one more
+            # deadline for this batch.
+            logger.warning("plugin %s timed out on %d messages; retrying once", plugin.name, len(inputs))
+            results = run_plugin(plugin.id, plugin.sha256, plugin.module, plugin.config, inputs, name=plugin.name)
         outcome.calls[plugin_id] += len(batch)
         for (index, device, _topic, _payload), result in zip(batch, results, strict=True):
             error = None
@@ -134,6 +135,12 @@ def preprocess(messages: list[tuple[int, DeviceFacts, str, bytes]], plugins: Plu
             if plugin.on_failure == PluginFailure.DEAD_LETTER:
                 outcome.dead[index] = f"plugin {plugin.name}: {error}"[:500]
     return outcome
+
+
+def _timed_out(results: list[Any]) -> bool:
+    from rules.plugins.host import PluginError
+
+    return bool(results) and all(isinstance(r, PluginError) and r.reason == "timeout" for r in results)
 
 
 def flush_plugin_counters(outcome: Preprocessed) -> None:

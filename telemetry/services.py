@@ -273,9 +273,12 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
             if kind == "telemetry":
                 new_points = parse_telemetry(device_id, payload, received, limits)
                 points.extend(new_points)
-                if telemetry_rules:
+                if telemetry_rules and new_points:
                     values = {key: value for _, key, _, value in new_points}
-                    rule_inputs.append(RuleInput(Trigger.TELEMETRY, device_id, received, index, telemetry=values))
+                    reading_ts = max(point[2] for point in new_points)
+                    rule_inputs.append(
+                        RuleInput(Trigger.TELEMETRY, device_id, received, index, reading_ts, telemetry=values)
+                    )
                 for _, key, ts, value in new_points:
                     seen = state.latest.get(key)
                     if seen is None or seen[0] <= ts:
@@ -314,8 +317,6 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
                 rule_inputs.append(RuleInput(Trigger.STATUS, device_id, state.last_seen or limits.now, status=change))
     with transaction.atomic():
         _update_devices(devices, known)
-        if preprocessed is not None:
-            flush_plugin_counters(preprocessed)
         if replies:
             by_reply = {id(reply): (topic, payload) for reply, topic, payload in replies}
             applied: list[tuple[Any, Reply]] = []
@@ -325,15 +326,20 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
                 dead.append(_dead_letter(topic, payload, reply.received, reject, reply.device_id))
             if rules_ingest.wanted(ruleset, Trigger.COMMAND_RESULT):
                 rule_inputs += [_command_result(command, reply) for command, reply in applied]
-        if rule_inputs:
-            derived = rules_ingest.run_rules(rule_inputs, ruleset).points
-            points.extend(derived)
-            result.derived = len(derived)
+        rules_run = rules_ingest.run_rules(rule_inputs, ruleset) if rule_inputs else None
+        if rules_run is not None:
+            points.extend(rules_run.points)
+            result.derived = len(rules_run.points)
         result.stored = get_store().write(points)
         if dead:
             DeadLetter.objects.bulk_create(dead)
         if devices:
             _announce(devices)
+        # Counters last: their rows stay locked until the commit, and other batches update them too.
+        if preprocessed is not None:
+            flush_plugin_counters(preprocessed)
+        if rules_run is not None:
+            rules_ingest.finish(rules_run)
     for letter in dead:
         result.rejected[letter.reason] += 1
     metrics.record_batch(result)
