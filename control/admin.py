@@ -404,3 +404,6 @@ class CommandReplyAdmin(ReadOnlyAdmin):
     @admin.display(description="status", ordering="status")
     def status_display(self, obj: CommandReply) -> SafeString:
         return status_badge(obj.status)
+
+
+from control.scenes import admin as scene_admin  # noqa: E402,F401

@@ -99,3 +99,6 @@ class CommandReply(models.Model):
 
     def __str__(self) -> str:
         return f"{self.status} for {self.command_id}"
+
+
+from control.scenes.models import Scene, SceneExecution  # noqa: E402,F401

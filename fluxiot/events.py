@@ -44,6 +44,17 @@ COMMAND_BATCH_CREATED = "command.batch_created"
 RULE_CHANGED = "rule.changed"
 RULE_MATCHED = "rule.matched"
 PLUGIN_CHANGED = "plugin.changed"
+SCENE_CHANGED = "scene.changed"
+SCENE_EXECUTED = "scene.executed"
+# Alarms (data: alarm, device, severity, transition, actor) and notification deliveries (data:
+# delivery, channel, kind, reason, alarm, device, status, attempts, response_code, error).
+ALARM_RAISED = "alarm.raised"
+ALARM_UPDATED = "alarm.updated"  # raised again: transition "repeated" (count) or "escalated" (severity)
+ALARM_ACKNOWLEDGED = "alarm.acknowledged"
+ALARM_CLEARED = "alarm.cleared"
+NOTIFICATION_DELIVERED = "notification.delivered"
+NOTIFICATION_FAILED = "notification.failed"  # an attempt failed; another one follows
+NOTIFICATION_DEAD = "notification.dead"  # given up: the last attempt failed, or the failure was final
 
 
 def group_for(event_type: str) -> str:

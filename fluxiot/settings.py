@@ -71,6 +71,7 @@ INSTALLED_APPS = [
     "transport",
     "control",
     "rules",
+    "alarms",
 ]
 
 MIDDLEWARE = [
@@ -229,6 +230,12 @@ SPECTACULAR_SETTINGS = {
         "ActivationStateEnum": "devices.choices.ActivationState",
         "CommandStatusEnum": "control.choices.CommandStatus",
         "CommandTypeEnum": "control.choices.CommandType",
+        "AlarmSeverityEnum": "alarms.choices.AlarmSeverity",
+        "AlarmStatusEnum": "alarms.choices.AlarmStatus",
+        "ChannelKindEnum": "alarms.choices.ChannelKind",
+        "DeliveryStatusEnum": "alarms.choices.DeliveryStatus",
+        "DeliveryReasonEnum": "alarms.choices.DeliveryReason",
+        "NotifyOnEnum": "alarms.choices.NotifyOn",
     },
     # Swagger UI served from our own static files: the platform works offline.
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -335,6 +342,11 @@ CELERY_BEAT_SCHEDULE = {
     "create-telemetry-partitions": {"task": "telemetry.tasks.create_partitions", "schedule": 3600.0},
     "trim-dead-letters": {"task": "telemetry.tasks.trim_dead_letters", "schedule": 300.0},
     "sweep-commands": {"task": "control.tasks.sweep_commands", "schedule": COMMAND_SWEEP_SECONDS},
+    # Notification deliveries whose task was lost are queued again; old log rows are deleted.
+    "sweep-notifications": {
+        "task": "alarms.tasks.sweep_deliveries",
+        "schedule": env.float("NOTIFY_SWEEP_SECONDS", default=30.0),
+    },
 }
 
 # --- Rules and Wasm plugins ------------------------------------------------------------------
@@ -350,6 +362,56 @@ PLUGIN_MAX_OUTPUT_BYTES = env.int("PLUGIN_MAX_OUTPUT_BYTES", default=1024 * 1024
 PLUGIN_POOL_SIZE = env.int("PLUGIN_POOL_SIZE", default=2)
 # The longest timeout a rule's webhook action may ask for (seconds).
 RULES_WEBHOOK_MAX_TIMEOUT = env.int("RULES_WEBHOOK_MAX_TIMEOUT", default=30)
+
+# --- Alarms and notifications (docs/ALARMS.md) ---------------------------------------------------
+
+# A repeated raise of an active alarm (same or lower severity) is announced on the bus (alarm.updated)
+# at most once per this many seconds per alarm, so an alarm storm does not flood the live views.
+ALARM_REPEAT_EVENT_SECONDS = env.float("ALARM_REPEAT_EVENT_SECONDS", default=5.0)
+# Attempts a new notification channel makes before a delivery is dead (each channel has its own).
+NOTIFY_MAX_ATTEMPTS = env.int("NOTIFY_MAX_ATTEMPTS", default=5)
+# Seconds before the second attempt of a failed delivery, doubled for each further one, up to the maximum.
+NOTIFY_RETRY_BACKOFF_SECONDS = env.float("NOTIFY_RETRY_BACKOFF_SECONDS", default=2.0)
+NOTIFY_RETRY_BACKOFF_MAX_SECONDS = env.float("NOTIFY_RETRY_BACKOFF_MAX_SECONDS", default=600.0)
+# Webhook channels: the default seconds to wait for an answer, and the most a channel may ask for.
+NOTIFY_WEBHOOK_TIMEOUT = env.int("NOTIFY_WEBHOOK_TIMEOUT", default=10)
+NOTIFY_WEBHOOK_MAX_TIMEOUT = env.int("NOTIFY_WEBHOOK_MAX_TIMEOUT", default=30)
+# Seconds to wait for the SMTP server (connecting, and each answer).
+NOTIFY_EMAIL_TIMEOUT = env.float("NOTIFY_EMAIL_TIMEOUT", default=10.0)
+# What starts the subject of every notification email.
+NOTIFY_EMAIL_SUBJECT_PREFIX = env.str("NOTIFY_EMAIL_SUBJECT_PREFIX", default="[FluxIoT] ")
+# The platform's public address (https://iot.example.com), for links to alarms in notifications ("": none).
+NOTIFY_BASE_URL = env.str("NOTIFY_BASE_URL", default="")
+# A delivery due this many seconds ago and not attempted (its task was lost) is queued again by the sweep.
+NOTIFY_SWEEP_GRACE_SECONDS = env.float("NOTIFY_SWEEP_GRACE_SECONDS", default=60.0)
+# Sent and dead deliveries older than this many days are deleted from the log (0: kept forever).
+NOTIFY_DELIVERY_RETENTION_DAYS = env.int("NOTIFY_DELIVERY_RETENTION_DAYS", default=30)
+
+# Email (notification channels). Production sends through SMTP; the embedded mode (no REDIS_URL)
+# prints mails on the console unless EMAIL_BACKEND says otherwise, so `make run` needs no SMTP server.
+EMAIL_BACKEND = env.str(
+    "EMAIL_BACKEND",
+    default="django.core.mail.backends.smtp.EmailBackend"
+    if REDIS_URL
+    else "django.core.mail.backends.console.EmailBackend",
+)
+EMAIL_HOST = env.str("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env.str("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env.str("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)  # STARTTLS (usually port 587)
+EMAIL_USE_SSL = env.bool("EMAIL_USE_SSL", default=False)  # implicit TLS (usually port 465)
+DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", default="FluxIoT <fluxiot@localhost>")
+
+# --- Scenes (docs/SCENES.md) ------------------------------------------------------------------
+
+# The longest delay action, and how deep scenes may run other scenes.
+SCENE_MAX_DELAY_SECONDS = env.int("SCENE_MAX_DELAY_SECONDS", default=3600)
+SCENE_MAX_CHAIN_DEPTH = env.int("SCENE_MAX_CHAIN_DEPTH", default=8)
+# A scene that runs (with actions) more than this many times within the window is cut off: the
+# guard against loops through devices (a command whose effect triggers the scene again).
+SCENE_LOOP_MAX_RUNS = env.int("SCENE_LOOP_MAX_RUNS", default=30)
+SCENE_LOOP_WINDOW_SECONDS = env.float("SCENE_LOOP_WINDOW_SECONDS", default=60.0)
 
 # --- Logging ------------------------------------------------------------------------------------
 

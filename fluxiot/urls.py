@@ -12,6 +12,8 @@ api_v1 = [
     path("", include("telemetry.api.urls")),
     path("", include("control.api.urls")),
     path("", include("rules.api.urls")),
+    path("", include("alarms.api.urls")),
+    path("", include("control.scenes.api.urls")),
     path("", include("devices.api.urls")),
 ]
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from control.scenes import engine as scene_engine
 from rules.actions import ActionContext, run_actions
 from rules.choices import Trigger
 from rules.engine import EngineMessage, Outcome, RuleCounts, RuleSet, evaluate, flush_counters
@@ -40,8 +41,8 @@ class RulesRun:
 
 
 def wanted(ruleset: RuleSet, trigger: str) -> bool:
-    """Whether any rule listens to this trigger (so the ingest collects its inputs at all)."""
-    return bool(ruleset.for_trigger(trigger))
+    """Whether any rule or scene listens to this trigger (so the ingest collects its inputs at all)."""
+    return bool(ruleset.for_trigger(trigger)) or scene_engine.wants(trigger)
 
 
 def run_rules(inputs: list[RuleInput], ruleset: RuleSet) -> RulesRun:
@@ -93,6 +94,7 @@ def run_rules(inputs: list[RuleInput], ruleset: RuleSet) -> RulesRun:
             )
         )
     outcome = evaluate(messages, ruleset)
+    scene_engine.on_batch(messages)  # scenes with device-data triggers: queued to run after the commit
     context = ActionContext()
     for rule, message in outcome.matches:
         before = len(context.errors)

@@ -120,7 +120,7 @@ def test_bad_action_params_are_refused_naming_the_action(user, lab_device):
         {"type": "store_telemetry", "params": {"values": {"f": "telemetry.t *"}}},
         {"type": "publish_mqtt", "params": {"topic": "alerts/#"}},
         {"type": "webhook", "params": {"url": "ftp://example.com/"}},
-        {"type": "raise_alarm", "params": {}},
+        {"type": "no_such_action", "params": {}},
         "emit_event",
     ]
     with pytest.raises(ValidationError) as caught:
@@ -132,7 +132,7 @@ def test_bad_action_params_are_refused_naming_the_action(user, lab_device):
     assert messages[1].startswith("actions[2] (store_telemetry): values.f:")
     assert messages[2].startswith("actions[3] (publish_mqtt): topic: no wildcards")
     assert messages[3].startswith("actions[4] (webhook): url:")
-    assert "unknown action type 'raise_alarm'" in messages[4]
+    assert "unknown action type 'no_such_action'" in messages[4]
     assert messages[5].startswith("actions[6]:")
 
 

@@ -62,6 +62,58 @@ class Command(BaseCommand):
                     created += 1
         self.stdout.write(f"Demo devices: {created} created, {len(DEMO_DEVICES) - created} already there.")
         self._simulated_credentials()
+        self._alarm_rules()
+
+    def _alarm_rules(self) -> None:
+        """Two rules that raise and clear a high-temperature alarm on the simulated sensors (the
+        device-offline alarm is built in)."""
+        from rules import services as rule_services
+        from rules.choices import Scope, Trigger
+        from rules.models import Rule
+
+        wanted = [
+            (
+                "Demo: temperature too high",
+                "telemetry.temperature > 24.0",
+                [{"type": "raise_alarm", "params": {"type": "high_temperature", "severity": "warning"}}],
+            ),
+            (
+                "Demo: temperature back to normal",
+                "telemetry.temperature < 23.0",
+                [{"type": "clear_alarm", "params": {"type": "high_temperature"}}],
+            ),
+        ]
+        made = 0
+        with transaction.atomic():
+            for name, condition, actions in wanted:
+                if not Rule.objects.filter(name=name).exists():
+                    rule_services.create_rule(
+                        None,
+                        name=name,
+                        trigger=Trigger.TELEMETRY,
+                        scope=Scope.DEVICE_TYPE,
+                        scope_value=DeviceType.SENSOR,
+                        condition=condition,
+                        actions=actions,
+                    )
+                    made += 1
+        self.stdout.write(f"Demo alarm rules: {made} created, {len(wanted) - made} already there.")
+        self._notifications()
+
+    def _notifications(self) -> None:
+        """Major and worse alarms (a device going offline) mailed to a demo on-call address: the
+        embedded mode's mail backend prints them on the console."""
+        from alarms.models import NotificationChannel, NotificationRule
+        from alarms.notifications import save_channel, save_rule
+
+        if NotificationRule.objects.filter(name="Demo: major alarms to on-call").exists():
+            return
+        with transaction.atomic():
+            channel = NotificationChannel.objects.filter(name="Demo on-call (email)").first() or save_channel(
+                NotificationChannel(name="Demo on-call (email)", kind="email", email_addresses=["oncall@example.com"])
+            )
+            save_rule(NotificationRule(name="Demo: major alarms to on-call", min_severity="major"), channels=[channel])
+        self.stdout.write("Demo notification rule: major alarms are mailed to oncall@example.com (printed here).")
 
     def _simulated_credentials(self) -> None:
         """Activate the demo devices the simulator plays and keep their secrets in var/ (the only
