@@ -37,6 +37,9 @@ bench: venv
 	$(PY) bench/registry.py
 	$(PY) bench/ingest.py
 	$(PY) bench/commands.py
+	$(PY) bench/rules.py
+	$(PY) bench/plugins.py
+	$(PY) bench/live.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

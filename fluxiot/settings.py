@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "control",
     "rules",
     "alarms",
+    "live",
 ]
 
 MIDDLEWARE = [
@@ -412,6 +413,35 @@ SCENE_MAX_CHAIN_DEPTH = env.int("SCENE_MAX_CHAIN_DEPTH", default=8)
 # guard against loops through devices (a command whose effect triggers the scene again).
 SCENE_LOOP_MAX_RUNS = env.int("SCENE_LOOP_MAX_RUNS", default=30)
 SCENE_LOOP_WINDOW_SECONDS = env.float("SCENE_LOOP_WINDOW_SECONDS", default=60.0)
+
+# --- Live updates (WebSocket /ws/events/) -------------------------------------------------------
+
+# Seconds the admin dashboard's and group tree's counts are served from the shared cache.
+DASHBOARD_CACHE_SECONDS = env.float("DASHBOARD_CACHE_SECONDS", default=3.0)
+
+# Seconds between the {"type": "heartbeat"} frames sent on every authenticated connection.
+LIVE_HEARTBEAT_SECONDS = env.float("LIVE_HEARTBEAT_SECONDS", default=20.0)
+# Seconds a connection without session or ?token= has to send {"type": "auth", "token": ...}.
+LIVE_AUTH_TIMEOUT_SECONDS = env.float("LIVE_AUTH_TIMEOUT_SECONDS", default=5.0)
+# Telemetry updates per second per device of a subscription that does not ask for a rate, and the
+# highest rate one may ask for.
+LIVE_DEFAULT_RATE = env.int("LIVE_DEFAULT_RATE", default=4)
+LIVE_MAX_RATE = env.int("LIVE_MAX_RATE", default=20)
+# Largest client message (bytes); larger ones are answered bad_message.
+LIVE_MAX_MESSAGE_BYTES = env.int("LIVE_MAX_MESSAGE_BYTES", default=16 * 1024)
+# Active subscriptions per connection; one more closes the connection (4429).
+LIVE_MAX_SUBSCRIPTIONS = env.int("LIVE_MAX_SUBSCRIPTIONS", default=20)
+# Flood limits per connection: more subscribe messages, or more bad messages, than these within
+# LIVE_FLOOD_WINDOW_SECONDS close the connection (4429).
+LIVE_FLOOD_WINDOW_SECONDS = env.float("LIVE_FLOOD_WINDOW_SECONDS", default=10.0)
+LIVE_MAX_SUBSCRIBES_PER_WINDOW = env.int("LIVE_MAX_SUBSCRIBES_PER_WINDOW", default=50)
+LIVE_MAX_BAD_MESSAGES_PER_WINDOW = env.int("LIVE_MAX_BAD_MESSAGES_PER_WINDOW", default=20)
+# Devices one subscription may select (its devices plus those of its groups and their descendants).
+LIVE_MAX_DEVICES_PER_SUBSCRIPTION = env.int("LIVE_MAX_DEVICES_PER_SUBSCRIPTION", default=10_000)
+# Devices whose telemetry one coalescer holds between deliveries; past it the window is cut short.
+LIVE_MAX_PENDING_DEVICES = env.int("LIVE_MAX_PENDING_DEVICES", default=10_000)
+# Frames queued for a connection that does not read them; past it the connection is closed (4503).
+LIVE_MAX_QUEUED_FRAMES = env.int("LIVE_MAX_QUEUED_FRAMES", default=1000)
 
 # --- Logging ------------------------------------------------------------------------------------
 
