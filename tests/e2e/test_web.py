@@ -43,6 +43,7 @@ def test_embedded_mode_from_nothing(tmp_path):
     manage(env, "migrate", "--noinput")
     seeded = manage(env, "seed_demo").stdout
     username, password = re.search(r"Admin login: (\S+) / (\S+)", seeded).groups()
+    assert "Demo scenes: 2 created" in seeded and "Demo alarm rules: 2 created" in seeded
     assert (tmp_path / "fluxiot.sqlite3").exists() and (tmp_path / "secret_key").exists()
 
     env["EMBEDDED_BROKER_PORT"] = str(free_port())

@@ -14,6 +14,8 @@ from devices import services
 from devices.choices import DeviceType, Protocol
 from devices.models import Device, DeviceGroup
 
+HAS_TEMPERATURE = "has(trigger.telemetry.temperature)"
+SET_22 = {"type": "set_value", "params": {"value": 22}}
 DEMO_TREE = {"Headquarters": {"Building A": {"Floor 1": {}, "Floor 2": {}}, "Office HVAC": {}}, "Warehouse": {}}
 
 DEMO_DEVICES = [
@@ -63,6 +65,46 @@ class Command(BaseCommand):
         self.stdout.write(f"Demo devices: {created} created, {len(DEMO_DEVICES) - created} already there.")
         self._simulated_credentials()
         self._alarm_rules()
+        self._scenes(groups)
+
+    def _scenes(self, groups: dict[str, DeviceGroup]) -> None:
+        """The demo scenes: the fan follows the first sensor's temperature (the simulated readings
+        wander around 22-24 °C, so both branches run in a demo), and the office HVAC is set to 22 °C
+        every weekday morning."""
+        from control.scenes import services as scene_services
+        from control.scenes.models import Scene
+
+        def fan(state: bool) -> dict[str, Any]:
+            command = {"type": "set_state", "params": {"state": state}, "target": {"device": "fan_01"}}
+            return {"type": "send_command", "params": command}
+
+        office_hvac = groups["Office HVAC"].pk
+        wanted = [
+            {
+                "name": "Demo: temperature control",
+                "description": "Fan on above 23.5 °C between 08:00 and 20:00, off below 22.5 °C.",
+                "time_zone": settings.TIME_ZONE,
+                "cooldown": 30,
+                "triggers": [{"kind": "device_data", "device": "temp_sensor_01", "condition": HAS_TEMPERATURE}],
+                "conditions": ["trigger.telemetry.temperature > 23.5", "local.hour >= 8 && local.hour < 20"],
+                "then_actions": [fan(True)],
+                "else_if": [{"condition": "trigger.telemetry.temperature < 22.5", "actions": [fan(False)]}],
+            },
+            {
+                "name": "Demo: office HVAC morning",
+                "description": "Every weekday at 07:00, set the office HVAC to 22 °C.",
+                "time_zone": settings.TIME_ZONE,
+                "triggers": [{"kind": "schedule", "cron": "0 7 * * 1-5"}],
+                "then_actions": [{"type": "send_command", "params": {**SET_22, "target": {"group": office_hvac}}}],
+            },
+        ]
+        made = 0
+        with transaction.atomic():
+            for fields in wanted:
+                if not Scene.objects.filter(name=fields["name"]).exists():
+                    scene_services.create_scene(None, **fields)
+                    made += 1
+        self.stdout.write(f"Demo scenes: {made} created, {len(wanted) - made} already there.")
 
     def _alarm_rules(self) -> None:
         """Two rules that raise and clear a high-temperature alarm on the simulated sensors (the
