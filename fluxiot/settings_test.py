@@ -20,6 +20,12 @@ DATABASES["default"]["TEST"] = {"NAME": f"test_fluxiot_{os.getpid()}"}  # noqa: 
 CACHES["default"]["KEY_PREFIX"] = f"fluxiot-test-{os.getpid()}"  # noqa: F405
 CHANNEL_LAYERS["default"]["CONFIG"]["prefix"] = f"fluxiot-test-{os.getpid()}"  # noqa: F405
 
+# The test process is many servers at once (live server threads, in-process bridges, WebSocket
+# communicators, thread pools) and threads that end keep their connection out of the pool until it is
+# reclaimed: a larger pool than a production process needs. Processes the tests start keep their own.
+if "pool" in DATABASES["default"].get("OPTIONS", {}):  # noqa: F405
+    DATABASES["default"]["OPTIONS"]["pool"]["max_size"] = 40  # noqa: F405
+
 # The embedded mode's database, for tests of code that differs by backend (tag lookups, migrations).
 DATABASES["embedded"] = {  # noqa: F405
     "ENGINE": "django_prometheus.db.backends.sqlite3",
