@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
@@ -13,7 +14,9 @@ from telemetry import services
 @shared_task(
     acks_late=True,
     reject_on_worker_lost=True,
-    autoretry_for=(OperationalError, InterfaceError),
+    # The store writes with COPY on the raw psycopg cursor: a connection cut there (the database
+    # restarting, an administrator's terminate) raises psycopg's own errors, not Django's.
+    autoretry_for=(OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError),
     retry_backoff=1,
     retry_backoff_max=30,
     retry_jitter=True,
