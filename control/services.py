@@ -35,7 +35,7 @@ from control.schemas import SPECS, accepted_commands, params_errors
 from devices import services as device_services
 from devices.choices import ActivationState, DeviceStatus
 from devices.models import Device, DeviceGroup
-from fluxiot import events
+from fluxiot import devicejson, events
 from fluxiot.errors import ConflictError
 from telemetry.choices import RejectReason
 
@@ -446,8 +446,10 @@ class Reply:
 def parse_reply(device_id: str, command_id: str, payload: bytes, received: datetime) -> Reply:
     """A reply payload ``{"status": "executing"|"success"|"failed", "result": …, "error": "…"}``."""
     try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = devicejson.loads(payload)
+    except devicejson.UnstorableJSON as exc:
+        raise ReplyRejected(RejectReason.BAD_REPLY, str(exc)) from exc
+    except ValueError as exc:  # invalid JSON or UTF-8
         raise ReplyRejected(RejectReason.MALFORMED_JSON, str(exc)[:200]) from exc
     if not isinstance(data, dict):
         raise ReplyRejected(RejectReason.BAD_REPLY, "a reply is a JSON object")

@@ -211,6 +211,8 @@ def test_replies_for_unknown_commands_or_other_devices_are_rejected(online_devic
         (b"[1, 2]", RejectReason.BAD_REPLY),
         (b'{"status": "done"}', RejectReason.BAD_REPLY),
         (b'{"status": "success", "error": 5}', RejectReason.BAD_REPLY),
+        (b'{"status": "success", "result": NaN}', RejectReason.MALFORMED_JSON),
+        (b'{"status": "success", "result": "\\u0000"}', RejectReason.BAD_REPLY),  # PostgreSQL cannot store NUL
     ],
 )
 def test_malformed_replies_are_rejected(payload, reason):
