@@ -9,7 +9,6 @@ nothing twice (points are keyed by device, key and time).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -27,7 +26,7 @@ from control.services import Reply
 from devices import services as device_services
 from devices.choices import ActivationState, DeviceStatus
 from devices.models import Device
-from fluxiot import events
+from fluxiot import devicejson, events
 from rules import ingest as rules_ingest
 from rules.choices import Trigger
 from rules.engine import RuleSet
@@ -111,8 +110,10 @@ def _load_json(payload: bytes, limits: Limits | None = None) -> Any:
     if len(payload) > max_bytes:
         raise Reject(RejectReason.PAYLOAD_TOO_LARGE, f"{len(payload)} bytes")
     try:
-        return json.loads(payload)
-    except (UnicodeDecodeError, ValueError) as exc:
+        return devicejson.loads(payload)
+    except devicejson.UnstorableJSON as exc:
+        raise Reject(RejectReason.UNSUPPORTED_VALUE, str(exc)) from exc
+    except ValueError as exc:  # orjson's JSONDecodeError, invalid UTF-8 included
         raise Reject(RejectReason.MALFORMED_JSON, str(exc)[:200]) from exc
 
 
@@ -148,7 +149,7 @@ def parse_telemetry(
                 continue
             if not key or len(key) > KEY_MAX_LENGTH or not key.isprintable():
                 raise Reject(RejectReason.BAD_KEY, f"bad key {key[:40]!r}")
-            if type(value) not in _PLAIN_TYPES:  # ints, bools and short strings need no closer look
+            if type(value) not in _PLAIN_TYPES:  # numbers, bools and short strings need no closer look
                 _check_value(key, value)
             elif type(value) is str and len(value) > STRING_VALUE_MAX_LENGTH:
                 _check_value(key, value)
@@ -156,7 +157,8 @@ def parse_telemetry(
     return points
 
 
-_PLAIN_TYPES = frozenset({int, bool, str})
+# Floats need no closer look either: the parser refuses NaN and Infinity (fluxiot.devicejson).
+_PLAIN_TYPES = frozenset({int, bool, str, float})
 
 
 def parse_attributes(payload: bytes) -> dict[str, Any]:
@@ -240,12 +242,14 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
             reject = Reject(RejectReason.BAD_TOPIC, topic[:200])
             dead.append(_dead_letter(topic, payload, received, reject))
 
-    known = {
-        device_id: (state, status)
-        for device_id, state, status in Device.objects.filter(pk__in={p[0] for p in parsed}).values_list(
-            "id", "activation_state", "status"
-        )
-    }
+    known: dict[str, tuple[str, str]] = {}
+    seen_before: dict[str, datetime | None] = {}
+    rows = Device.objects.filter(pk__in={p[0] for p in parsed}).values_list(
+        "id", "activation_state", "status", "last_seen_at"
+    )
+    for device_id, activation, status, last_seen_at in rows:
+        known[device_id] = (activation, status)
+        seen_before[device_id] = last_seen_at
     plugins = PluginSet.current()
     preprocessed = _preprocess(parsed, known, plugins) if plugins.plugins else None
     ruleset = RuleSet.current()
@@ -315,8 +319,8 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
             if state.status != known[device_id][1]:
                 change = {"old": known[device_id][1], "new": state.status}
                 rule_inputs.append(RuleInput(Trigger.STATUS, device_id, state.last_seen or limits.now, status=change))
+    store = get_store()
     with transaction.atomic():
-        _update_devices(devices, known)
         if replies:
             by_reply = {id(reply): (topic, payload) for reply, topic, payload in replies}
             applied: list[tuple[Any, Reply]] = []
@@ -330,12 +334,15 @@ def ingest_batch(items: list[list[Any]]) -> IngestResult:
         if rules_run is not None:
             points.extend(rules_run.points)
             result.derived = len(rules_run.points)
-        result.stored = get_store().write(points)
+        result.stored = store.write_points(points)
         if dead:
             DeadLetter.objects.bulk_create(dead)
         if devices:
             _announce(devices)
-        # Counters last: their rows stay locked until the commit, and other batches update them too.
+        # Rows every worker's batches update go last, in one order (devices, latest values,
+        # counters), sorted within each: they stay locked until the commit.
+        _update_devices(devices, known, seen_before)
+        store.write_latest(points)
         if preprocessed is not None:
             flush_plugin_counters(preprocessed)
         if rules_run is not None:
@@ -380,26 +387,44 @@ def _came_online(state: _DeviceState) -> None:
         state.status_reason = "data received"
 
 
-def _update_devices(devices: dict[str, _DeviceState], known: dict[str, tuple[str, str]]) -> None:
+def _update_devices(
+    devices: dict[str, _DeviceState], known: dict[str, tuple[str, str]], seen_before: dict[str, datetime | None]
+) -> None:
+    """Write what the batch changed of its devices: ``last_seen_at`` where it lags by
+    LAST_SEEN_RESOLUTION_SECONDS (a chatty device costs one row update every few seconds, not one
+    per batch), reported attributes and status changes (``set_status`` writes the history row and
+    the event). The rows are locked first, in one statement and in id order: two workers' batches
+    touching the same devices wait for each other instead of deadlocking."""
     resolution = timedelta(seconds=settings.LAST_SEEN_RESOLUTION_SECONDS)
-    seen = sorted((device_id, s.last_seen) for device_id, s in devices.items() if s.last_seen is not None)
-    if seen:
+    lagging = sorted(
+        (device_id, state.last_seen)
+        for device_id, state in devices.items()
+        if state.last_seen is not None
+        and ((before := seen_before.get(device_id)) is None or before < state.last_seen - resolution)
+    )
+    changed = sorted(
+        device_id for device_id, state in devices.items() if state.attributes or state.status != known[device_id][1]
+    )
+    if not lagging and not changed:
+        return
+    locked = sorted({device_id for device_id, _ in lagging} | set(changed))
+    list(Device.objects.select_for_update().filter(pk__in=locked).order_by("pk").values_list("pk", flat=True))
+    if lagging:
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
-                # Only rows whose last_seen_at lags by LAST_SEEN_RESOLUTION_SECONDS are rewritten: a
-                # chatty device costs one row update every few seconds, not one per batch.
+                # Checked again under the lock: another batch may have moved it on meanwhile.
                 cursor.execute(
                     "UPDATE devices_device AS d SET last_seen_at = v.ts "
                     "FROM unnest(%s::varchar[], %s::timestamptz[]) AS v(id, ts) "
                     "WHERE d.id = v.id AND (d.last_seen_at IS NULL OR d.last_seen_at < v.ts - %s)",
-                    [[i for i, _ in seen], [t for _, t in seen], resolution],
+                    [[i for i, _ in lagging], [t for _, t in lagging], resolution],
                 )
             else:
                 adapt = connection.ops.adapt_datetimefield_value
                 cursor.executemany(
                     "UPDATE devices_device SET last_seen_at = %s WHERE id = %s "
                     "AND (last_seen_at IS NULL OR last_seen_at < %s)",
-                    [(adapt(t), i, adapt(t - resolution)) for i, t in seen],
+                    [(adapt(t), i, adapt(t - resolution)) for i, t in lagging],
                 )
     for device_id, state in sorted(devices.items()):
         if state.attributes:

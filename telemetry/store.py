@@ -1,8 +1,11 @@
 """Writing points: one interface, a backend per database.
 
-PostgreSQL: a batch is COPYed into a temporary staging table, then moved into the partitioned
-points table with ``ON CONFLICT DO NOTHING`` (a redelivered message stores nothing twice), and the
-latest values are upserted from the same staging rows in one statement. SQLite (embedded mode):
+PostgreSQL: a batch is COPYed straight into the partitioned points table. When a point is there
+already (a redelivered message), the COPY fails on the primary key and is rolled back to a savepoint,
+and the batch goes through a temporary staging table and ``ON CONFLICT DO NOTHING`` instead: a
+redelivered message stores nothing twice, and the common case costs one COPY. The latest values
+(newest per device and key, found in Python) are upserted in one statement, last, so the rows every
+worker shares stay locked only until the commit that follows. SQLite (embedded mode):
 ``INSERT OR IGNORE`` and an upsert, row by row in one transaction.
 """
 
@@ -14,8 +17,9 @@ from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+import orjson
 from django.db import DatabaseError, connection, transaction
-from psycopg.errors import CheckViolation
+from psycopg.errors import CheckViolation, UniqueViolation
 
 logger = logging.getLogger(__name__)
 
@@ -62,47 +66,98 @@ class PostgresStore:
 
     def write(self, points: list[Point]) -> int:
         """Store points and update latest values; returns how many points were new."""
+        inserted = self.write_points(points)
+        self.write_latest(points)
+        return inserted
+
+    def write_points(self, points: list[Point]) -> int:
+        """Store points (not the latest values); returns how many were new."""
         if not points:
             return 0
-        days = {p[2].astimezone(UTC).date() for p in points}
+        days = {ts.astimezone(UTC).date() for ts in {p[2] for p in points}}
         self.ensure_partitions(days)
         try:
-            return self._write(points)
+            return self._copy(points)
         except CheckViolation:
             # A partition we believed in is gone (dropped by retention, or its creation rolled
             # back): forget what we knew, create again, retry once.
             logger.warning("telemetry: missing partition for %s; recreating", sorted(days))
             self._known_partitions.clear()
             self.ensure_partitions(days)
-            return self._write(points)
+            return self._copy(points)
 
-    def _write(self, points: list[Point]) -> int:
+    def _copy(self, points: list[Point]) -> int:
         connection.ensure_connection()
         raw = connection.connection
-        with transaction.atomic(), raw.cursor() as cursor:
-            cursor.execute(
-                "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging "
-                "(LIKE telemetry_point INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-            )
-            with cursor.copy(
-                "COPY telemetry_staging (device_id, key, ts, value_num, value_bool, value_str, value_json) FROM STDIN"
-            ) as copy:
-                for device_id, key, ts, value in points:
-                    copy.write_row((device_id, key, ts, *split_value(value)))
-            cursor.execute("INSERT INTO telemetry_point SELECT * FROM telemetry_staging ON CONFLICT DO NOTHING")
-            inserted = cursor.rowcount
+        # Each attempt in a savepoint (its own transaction in autocommit): a failed one leaves the
+        # caller's transaction usable.
+        with raw.cursor() as cursor:
+            try:
+                # The common case, nothing stored before: COPY straight into the points table.
+                with transaction.atomic(), cursor.copy(f"COPY telemetry_point ({_COLUMNS}) FROM STDIN") as copy:
+                    _copy_rows(copy, points)
+                return len(points)
+            except UniqueViolation:
+                # A redelivered message (or two of one device in one millisecond without ``ts``): the
+                # batch goes through a staging table and ``ON CONFLICT DO NOTHING`` instead.
+                with transaction.atomic():
+                    return self._write_deduplicated(cursor, points)
+
+    def _write_deduplicated(self, cursor: Any, points: list[Point]) -> int:
+        cursor.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS telemetry_staging "
+            "(LIKE telemetry_point INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cursor.copy(f"COPY telemetry_staging ({_COLUMNS}) FROM STDIN") as copy:
+            _copy_rows(copy, points)
+        cursor.execute("INSERT INTO telemetry_point SELECT * FROM telemetry_staging ON CONFLICT DO NOTHING")
+        return cursor.rowcount
+
+    def write_latest(self, points: list[Point]) -> None:
+        """Upsert the newest value of each (device, key) among ``points``. These rows are shared by
+        every worker's batches and stay locked until the commit: run it as late as possible."""
+        if not points:
+            return
+        latest = latest_values(points)
+        with connection.cursor() as cursor:
             cursor.execute(
                 """
                 INSERT INTO telemetry_latestvalue (device_id, key, ts, value)
-                SELECT DISTINCT ON (device_id, key) device_id, key, ts,
-                       COALESCE(to_jsonb(value_num), to_jsonb(value_bool), to_jsonb(value_str), value_json)
-                FROM telemetry_staging
-                ORDER BY device_id, key, ts DESC
+                SELECT * FROM unnest(%s::varchar[], %s::varchar[], %s::timestamptz[], %s::jsonb[])
                 ON CONFLICT (device_id, key) DO UPDATE SET ts = EXCLUDED.ts, value = EXCLUDED.value
                 WHERE telemetry_latestvalue.ts <= EXCLUDED.ts
-                """
+                """,
+                [
+                    [device_id for device_id, _ in latest],
+                    [key for _, key in latest],
+                    [ts for ts, _ in latest.values()],
+                    [orjson.dumps(value).decode() for _, value in latest.values()],
+                ],
             )
-        return inserted
+
+
+_COLUMNS = "device_id, key, ts, value_num, value_bool, value_str, value_json"
+
+
+def _copy_rows(copy: Any, points: list[Point]) -> None:
+    write_row = copy.write_row
+    for device_id, key, ts, value in points:
+        kind = type(value)
+        if kind is float or kind is int:
+            write_row((device_id, key, ts, float(value), None, None, None))
+        else:
+            write_row((device_id, key, ts, *split_value(value)))
+
+
+def latest_values(points: list[Point]) -> dict[tuple[str, str], tuple[datetime, Any]]:
+    """The newest value of each (device, key) among ``points``, in key order (a fixed lock order
+    for the upsert: two workers' batches never deadlock on it)."""
+    latest: dict[tuple[str, str], tuple[datetime, Any]] = {}
+    for device_id, key, ts, value in points:
+        current = latest.get((device_id, key))
+        if current is None or current[0] <= ts:
+            latest[(device_id, key)] = (ts, value)
+    return dict(sorted(latest.items()))
 
 
 class SQLiteStore:
@@ -110,15 +165,15 @@ class SQLiteStore:
         """SQLite keeps one table."""
 
     def write(self, points: list[Point]) -> int:
+        inserted = self.write_points(points)
+        self.write_latest(points)
+        return inserted
+
+    def write_points(self, points: list[Point]) -> int:
         if not points:
             return 0
-        ops = connection.ops
-        rows = [(d, k, ops.adapt_datetimefield_value(ts), *split_value(v)) for d, k, ts, v in points]
-        latest: dict[tuple[str, str], tuple[str, Any]] = {}
-        for p, row in zip(points, rows, strict=True):
-            current = latest.get((p[0], p[1]))
-            if current is None or current[0] <= row[2]:
-                latest[(p[0], p[1])] = (row[2], p[3])
+        adapt = connection.ops.adapt_datetimefield_value
+        rows = [(d, k, adapt(ts), *split_value(v)) for d, k, ts, v in points]
         with transaction.atomic(), connection.cursor() as cursor:
             before = _sqlite_changes(cursor)
             cursor.executemany(
@@ -127,14 +182,22 @@ class SQLiteStore:
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 rows,
             )
-            inserted = _sqlite_changes(cursor) - before
+            return _sqlite_changes(cursor) - before
+
+    def write_latest(self, points: list[Point]) -> None:
+        if not points:
+            return
+        adapt = connection.ops.adapt_datetimefield_value
+        with connection.cursor() as cursor:
             cursor.executemany(
                 "INSERT INTO telemetry_latestvalue (device_id, key, ts, value) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (device_id, key) DO UPDATE SET ts = excluded.ts, value = excluded.value "
                 "WHERE telemetry_latestvalue.ts <= excluded.ts",
-                [(device_id, key, ts, json.dumps(value)) for (device_id, key), (ts, value) in latest.items()],
+                [
+                    (device_id, key, adapt(ts), json.dumps(value))
+                    for (device_id, key), (ts, value) in latest_values(points).items()
+                ],
             )
-        return inserted
 
 
 def _sqlite_changes(cursor: Any) -> int:

@@ -100,7 +100,11 @@ BAD = [
     (b'"hello"', "not_an_object"),
     (b"[]", "not_an_object"),
     (json.dumps({"t": None}).encode(), "unsupported_value"),
-    (b'{"t": NaN}', "unsupported_value"),
+    (b'{"t": NaN}', "malformed_json"),  # NaN is not JSON (RFC 8259)
+    (b'{"t": 1e400}', "malformed_json"),  # infinity
+    (b'{"t": "\\ud800"}', "malformed_json"),  # a lone surrogate has no UTF-8
+    (b'{"t": "a\\u0000b"}', "unsupported_value"),  # PostgreSQL text cannot hold NUL
+    (b'{"t": {"nested": ["\\u0000"]}}', "unsupported_value"),  # nor can jsonb
     (json.dumps({"t": "x" * 5000}).encode(), "unsupported_value"),
     (json.dumps({"": 1}).encode(), "bad_key"),
     (json.dumps({f"k{i}": i for i in range(201)}).encode(), "too_many_keys"),
@@ -188,6 +192,19 @@ def test_automatic_status_never_overrides_maintenance(device):
     services.ingest_batch([item("dev-1", "telemetry", {"t": 1}), item("dev-1", "status", b"online")])
     device.refresh_from_db()
     assert device.status == DeviceStatus.MAINTENANCE and device.last_seen_at is not None
+
+
+def test_attributes_with_a_nul_character_are_dead_lettered_and_the_rest_is_kept(device):
+    result = services.ingest_batch(
+        [
+            item("dev-1", "attributes", b'{"firmware": "1.0\\u0000"}'),
+            item("dev-1", "attributes", {"model": "X"}),
+            item("dev-1", "telemetry", {"t": 1}),
+        ]
+    )
+    assert result.rejected == {"unsupported_value": 1}
+    device.refresh_from_db()
+    assert device.attributes == {"model": "X"} and values("dev-1", "t") == [1]
 
 
 def test_attributes_merge_apart_from_metadata(device):
