@@ -121,3 +121,28 @@ def test_a_database_outage_under_load_is_caught_up(platform, request):
         publisher.join(60)
         wait_for(lambda: len(stored_seqs("e2e-outage")) == total, 90, f"all {total} messages after the outage")
     assert stored_seqs("e2e-outage") == list(range(total))
+
+
+def test_the_worker_keeps_its_database_sessions_across_batches(platform):
+    # Celery's Django fixup would close a prefork worker's whole connection pool around every task:
+    # a new PostgreSQL session (a forked backend) per batch. fluxiot.celery hands the connection
+    # back to the pool instead. Sessions are counted by PostgreSQL itself.
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"], port=db["PORT"], user=db["USER"], dbname="postgres", autocommit=True
+    ) as stats:
+
+        def sessions() -> int:
+            stats.execute("SELECT pg_stat_clear_snapshot()")
+            return stats.execute("SELECT sessions FROM pg_stat_database WHERE datname = %s", [db["NAME"]]).fetchone()[0]
+
+        base = int(time.time() * 1000) - 30_000
+        with device(platform.broker, "e2e-sessions") as dev:
+            dev.telemetry(1, base)
+            wait_for(lambda: len(stored_seqs("e2e-sessions")) == 1, 30, "the first batch")
+            before = sessions()
+            dev.telemetry(20, base + 1, pace=0.15)  # about one batch each (the bridge cuts at 50 ms)
+            wait_for(lambda: len(stored_seqs("e2e-sessions")) == 21, 30, "twenty more batches")
+            time.sleep(1.5)  # sessions that ended have reported
+            opened = sessions() - before
+    assert opened <= 5, f"{opened} database sessions opened for 20 batches"

@@ -7,6 +7,7 @@ import json
 
 import pytest
 from celery.contrib.testing.worker import start_worker
+from django.db import connection
 
 from devices import services as device_services
 from fluxiot.celery import app as celery_app
@@ -25,6 +26,10 @@ def device_secret():
 @pytest.fixture
 def worker():
     """A real Celery worker thread consuming the Redis queue of this test run."""
+    # Celery's Django fixup closes the socket of every connection the starting thread holds (meant
+    # for connections a forked child inherited) and hands it back: with a pool, a broken connection
+    # would go back into the pool. A worker process starts without one; so does this thread.
+    connection.close()
     with start_worker(celery_app, perform_ping_check=False, pool="solo", loglevel="WARNING", shutdown_timeout=10):
         yield
 
