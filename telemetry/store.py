@@ -131,12 +131,19 @@ class PostgresStore:
                     [device_id for device_id, _ in latest],
                     [key for _, key in latest],
                     [ts for ts, _ in latest.values()],
-                    [orjson.dumps(value).decode() for _, value in latest.values()],
+                    [_json(value) for _, value in latest.values()],
                 ],
             )
 
 
 _COLUMNS = "device_id, key, ts, value_num, value_bool, value_str, value_json"
+
+
+def _json(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an integer past 64 bits (orjson's limit) from a caller other than the parser
+        return json.dumps(value)
 
 
 def _copy_rows(copy: Any, points: list[Point]) -> None:

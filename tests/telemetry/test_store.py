@@ -95,3 +95,8 @@ def test_a_dropped_partition_is_created_again(store):
     finally:
         PostgresStore._known_partitions.discard(day)
     assert stored("s-1", "t") == [2.0]
+
+
+def test_integers_past_64_bits_are_kept_as_latest_values(store):
+    store.write([("s-1", "big", at(0), 2**70)])
+    assert LatestValue.objects.get(device_id="s-1", key="big").value == 2**70
