@@ -10,6 +10,7 @@ than failing the database write of the whole batch it arrived in.
 from __future__ import annotations
 
 import codecs
+import math
 from typing import Any
 
 import orjson
@@ -27,16 +28,25 @@ def loads(payload: bytes) -> Any:
     if payload[:3] == codecs.BOM_UTF8:
         payload = payload[3:]
     data = orjson.loads(payload)
-    if _NUL_ESCAPE in payload and _has_nul(data):  # the substring test alone could be an escaped backslash
-        raise UnstorableJSON("a string holds a NUL character (\\u0000), which cannot be stored")
+    if _NUL_ESCAPE in payload and (problem := unstorable(data)):  # the substring alone could be an escaped backslash
+        raise UnstorableJSON(problem)
     return data
 
 
-def _has_nul(value: Any) -> bool:
+def unstorable(value: Any) -> str:
+    """Why PostgreSQL could not keep ``value`` (a NUL character in a string or key, a non-finite
+    number, at any depth), or ``""``. For values that do not come through ``loads`` (rules' derived
+    values)."""
     if isinstance(value, str):
-        return "\x00" in value
+        return "a string holds a NUL character (\\u0000), which cannot be stored" if "\x00" in value else ""
+    if isinstance(value, float):
+        return "" if math.isfinite(value) else f"{value} is not a finite number"
     if isinstance(value, dict):
-        return any("\x00" in key or _has_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(item) for item in value)
-    return False
+        for key, item in value.items():
+            if problem := unstorable(key) or unstorable(item):
+                return problem
+    elif isinstance(value, list):
+        for item in value:
+            if problem := unstorable(item):
+                return problem
+    return ""

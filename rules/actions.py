@@ -34,7 +34,7 @@ from django.db import transaction
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
-from fluxiot import events
+from fluxiot import devicejson, events
 
 if TYPE_CHECKING:
     from telemetry.store import Point
@@ -278,6 +278,8 @@ def _point_value(key: str, value: Any) -> Any:
     if isinstance(value, bool | int | str | list | dict):
         if isinstance(value, str) and len(value) > STRING_VALUE_MAX_LENGTH:
             raise ActionError(f"{key}: a string over {STRING_VALUE_MAX_LENGTH} characters")
+        if problem := devicejson.unstorable(value):  # would fail the whole batch's COPY
+            raise ActionError(f"{key}: {problem}")
         return value
     if isinstance(value, float):
         if not math.isfinite(value):

@@ -44,3 +44,19 @@ def test_what_is_not_json_is_refused(payload):
 def test_a_nul_character_anywhere_is_refused_as_unstorable(payload):
     with pytest.raises(devicejson.UnstorableJSON):
         devicejson.loads(payload)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("ok", ""),
+        ({"a": [1, 2.5, {"b": "c"}]}, ""),
+        ("a\x00", "NUL"),
+        ({"k\x00": 1}, "NUL"),
+        ([1.0, float("inf")], "not a finite number"),
+        ({"a": {"b": float("nan")}}, "not a finite number"),
+    ],
+)
+def test_unstorable_values_are_named(value, problem):
+    found = devicejson.unstorable(value)
+    assert (problem in found) if problem else found == ""

@@ -202,6 +202,20 @@ def test_store_telemetry_keeps_the_good_values_and_records_the_failing_one():
     assert ctx.points == [] and "null" in ctx.errors[0]
 
 
+@pytest.mark.parametrize(
+    ("expression", "problem"),
+    [
+        ('"a\\u0000b"', "NUL"),
+        ('{"k": ["\\x00"]}', "NUL"),
+        ("[1.0, 1.0 / 0.0]", "not a finite number"),
+    ],
+)
+def test_store_telemetry_refuses_values_postgresql_cannot_store(expression, problem):
+    ctx, _ = run("store_telemetry", {"values": {"bad": expression, "good": "1"}})
+    assert ctx.points == [("lamp-1", "good", RECEIVED, 1)]
+    assert len(ctx.errors) == 1 and problem in ctx.errors[0]
+
+
 def test_store_telemetry_checks_that_expressions_compile_but_not_that_they_are_boolean():
     spec = actions.get("store_telemetry")
     assert spec.validate({"values": {"f": "telemetry.t * 2.0"}}) == []
