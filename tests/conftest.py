@@ -89,3 +89,31 @@ def _fresh_cache(settings):
     if keys:
         client.delete(*keys)
     client.close()
+
+
+# --- Admin pages: a Django test client logged in as staff with one role ----------------------------
+
+
+def login_staff(client, username: str, role: str):
+    """Log ``client`` in as a new staff user holding ``role``; returns the user."""
+    user = UserFactory(username=username, is_staff=True, roles=[role])
+    client.force_login(user)
+    return user
+
+
+@pytest.fixture
+def admin_staff(client):
+    login_staff(client, "boss", roles.ADMINISTRATOR)
+    return client
+
+
+@pytest.fixture
+def operator_staff(client):
+    login_staff(client, "ops", roles.OPERATOR)
+    return client
+
+
+@pytest.fixture
+def viewer_staff(client):
+    login_staff(client, "watcher", roles.VIEWER)
+    return client

@@ -17,7 +17,8 @@ from alarms.choices import AlarmStatus
 from alarms.models import Alarm, NotificationChannel, NotificationDelivery, NotificationRule
 from fluxiot import roles
 from tests.alarms.conftest import SECRET
-from tests.factories import DeviceFactory, DeviceGroupFactory, UserFactory
+from tests.conftest import login_staff
+from tests.factories import DeviceFactory, DeviceGroupFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -25,26 +26,6 @@ ALARMS = reverse("admin:alarms_alarm_changelist")
 CHANNELS = reverse("admin:alarms_notificationchannel_changelist")
 RULES = reverse("admin:alarms_notificationrule_changelist")
 DELIVERIES = reverse("admin:alarms_notificationdelivery_changelist")
-
-
-def staff(client, username, role):
-    client.force_login(UserFactory(username=username, is_staff=True, roles=[role]))
-    return client
-
-
-@pytest.fixture
-def operator_staff(client):
-    return staff(client, "ops", roles.OPERATOR)
-
-
-@pytest.fixture
-def viewer_staff(client):
-    return staff(client, "watcher", roles.VIEWER)
-
-
-@pytest.fixture
-def admin_staff(client):
-    return staff(client, "boss", roles.ADMINISTRATOR)
 
 
 @pytest.fixture
@@ -110,7 +91,7 @@ def test_the_buttons_of_an_alarm_page(operator_staff, alarms):
 
 
 def test_a_viewer_cannot_press_the_buttons(client, alarms):
-    staff(client, "watcher", roles.VIEWER)
+    login_staff(client, "watcher", roles.VIEWER)
     assert client.post(reverse("admin:alarms_alarm_ack", args=[alarms[0].pk])).status_code == 403
     assert client.post(reverse("admin:alarms_alarm_clear", args=[alarms[0].pk])).status_code == 403
 
@@ -234,5 +215,6 @@ def test_the_delivery_log_is_read_only_and_dead_ones_can_be_sent_again(admin_sta
     assert "1 delivery queued again." in messages_of(response)
     delivery.refresh_from_db()
     assert (delivery.status, delivery.attempts) == ("pending", 0)
-    viewer = staff(Client(), "watcher", roles.VIEWER)
+    viewer = Client()
+    login_staff(viewer, "watcher", roles.VIEWER)
     assert "Send selected dead deliveries again" not in viewer.get(DELIVERIES).content.decode()

@@ -16,7 +16,6 @@ from django.utils import timezone
 from control.choices import CommandStatus
 from control.models import CommandBatch, CommandReply, DeviceCommand
 from devices.choices import ActivationState, DeviceStatus
-from fluxiot import roles
 from tests.factories import DeviceFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
@@ -24,26 +23,6 @@ pytestmark = pytest.mark.django_db
 COMMANDS = reverse("admin:control_devicecommand_changelist")
 BATCHES = reverse("admin:control_commandbatch_changelist")
 REPLIES = reverse("admin:control_commandreply_changelist")
-
-
-def _staff(client, username, role):
-    client.force_login(UserFactory(username=username, is_staff=True, roles=[role]))
-    return client
-
-
-@pytest.fixture
-def admin_staff(client):
-    return _staff(client, "boss", roles.ADMINISTRATOR)
-
-
-@pytest.fixture
-def operator_staff(client):
-    return _staff(client, "ops", roles.OPERATOR)
-
-
-@pytest.fixture
-def viewer_staff(client):
-    return _staff(client, "watcher", roles.VIEWER)
 
 
 @pytest.fixture

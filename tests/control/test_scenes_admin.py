@@ -12,8 +12,6 @@ from django_celery_beat.models import PeriodicTask
 
 from control.models import Scene, SceneExecution
 from control.scenes import services
-from fluxiot import roles
-from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -21,26 +19,6 @@ EMIT = {"type": "emit_event", "params": {"message": "hi"}}
 SCENES = reverse("admin:control_scene_changelist")
 ADD = reverse("admin:control_scene_add")
 EXECUTIONS = reverse("admin:control_sceneexecution_changelist")
-
-
-def _staff(client, username, role):
-    client.force_login(UserFactory(username=username, is_staff=True, roles=[role]))
-    return client
-
-
-@pytest.fixture
-def admin_staff(client):
-    return _staff(client, "boss", roles.ADMINISTRATOR)
-
-
-@pytest.fixture
-def operator_staff(client):
-    return _staff(client, "ops", roles.OPERATOR)
-
-
-@pytest.fixture
-def viewer_staff(client):
-    return _staff(client, "watcher", roles.VIEWER)
 
 
 def form(**fields):

@@ -34,12 +34,6 @@ SEVERITIES = ["critical", "major", "minor", "warning", "indeterminate"]
 
 
 @pytest.fixture
-def viewer_staff(client):
-    client.force_login(UserFactory(username="watcher", is_staff=True, roles=[roles.VIEWER]))
-    return client
-
-
-@pytest.fixture
 def devices_only_staff(client):
     """Staff who may view devices (and groups) but not alarms."""
     from django.contrib.auth.models import Permission

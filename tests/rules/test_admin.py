@@ -15,6 +15,7 @@ from django.urls import reverse
 from fluxiot import roles
 from rules import generation, services
 from rules.models import Plugin, Rule, RuleVersion
+from tests.conftest import login_staff
 from tests.factories import DeviceFactory, UserFactory
 from tests.rules.test_services import PLUGIN_WAT
 
@@ -31,15 +32,9 @@ def wasm(wat: str = PLUGIN_WAT) -> bytes:
     return wasmtime.wat2wasm(wat)
 
 
-def _staff(client, username, role):
-    user = UserFactory(username=username, is_staff=True, roles=[role])
-    client.force_login(user)
-    return user
-
-
 @pytest.fixture
 def boss(client):
-    return _staff(client, "boss", roles.ADMINISTRATOR)
+    return login_staff(client, "boss", roles.ADMINISTRATOR)
 
 
 def rule_form(**overrides):
@@ -136,7 +131,7 @@ def test_restore_a_version_from_the_admin(client, boss):
 
 
 def test_viewers_see_rules_but_cannot_test_or_restore(client):
-    viewer = _staff(client, "watcher", roles.VIEWER)
+    viewer = login_staff(client, "watcher", roles.VIEWER)
     rule = services.create_rule(viewer, name="Lab too warm", condition=CONDITION)
     services.update_rule(rule, viewer, priority=3)
     page = client.get(reverse("admin:rules_rule_change", args=[rule.pk]))
