@@ -21,6 +21,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from fluxiot.admin import ReadOnlyTabularInline
+from fluxiot.admin_actions import set_enabled
 from fluxiot.errors import ConflictError
 from rules import services
 from rules.models import Plugin, Rule, RuleVersion
@@ -211,20 +212,9 @@ class RuleAdmin(admin.ModelAdmin):
             services.delete_rule(rule, request.user)
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet, enabled: bool) -> None:
-        changed, refused = 0, []
-        for rule in queryset:
-            before = rule.version
-            try:
-                services.update_rule(rule, request.user, enabled=enabled)
-            except ValidationError as exc:
-                refused.append(f"{rule.name} ({'; '.join(exc.messages)})")
-                continue
-            changed += rule.version != before
-        messages.success(
-            request, f"{changed} rule{'s' if changed != 1 else ''} {'enabled' if enabled else 'disabled'}."
+        set_enabled(
+            request, queryset, enabled, "rule", lambda rule: services.update_rule(rule, request.user, enabled=enabled)
         )
-        if refused:
-            messages.error(request, f"Not valid any more, left as they were: {', '.join(refused)}.")
 
     @admin.action(description="Enable selected rules", permissions=["change"])
     def enable_rules(self, request: HttpRequest, queryset: QuerySet) -> None:

@@ -23,6 +23,7 @@ from control.scenes import schedules, services
 from control.scenes.choices import ActionOutcome
 from control.scenes.models import Scene, SceneExecution
 from fluxiot.admin import ReadOnlyTabularInline
+from fluxiot.admin_actions import set_enabled
 from fluxiot.errors import ConflictError
 
 EXECUTE_PERMISSION = "control.execute_scene"
@@ -268,21 +269,9 @@ class SceneAdmin(admin.ModelAdmin):
             self._run(request, scene)
 
     def _set_enabled(self, request: HttpRequest, queryset: QuerySet, enabled: bool) -> None:
-        changed, refused = 0, []
-        for scene in queryset:
-            if scene.enabled == enabled:
-                continue
-            try:
-                services.set_enabled(scene, enabled, request.user)
-            except ValidationError as exc:
-                refused.append(f"{scene.name} ({'; '.join(exc.messages)})")
-                continue
-            changed += 1
-        messages.success(
-            request, f"{changed} scene{'s' if changed != 1 else ''} {'enabled' if enabled else 'disabled'}."
+        set_enabled(
+            request, queryset, enabled, "scene", lambda scene: services.set_enabled(scene, enabled, request.user)
         )
-        if refused:
-            messages.error(request, f"Not valid any more, left as they were: {', '.join(refused)}.")
 
     @admin.action(description="Enable selected scenes", permissions=["change"])
     def enable_scenes(self, request: HttpRequest, queryset: QuerySet) -> None:
