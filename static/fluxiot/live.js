@@ -169,19 +169,44 @@
     return match ? decodeURIComponent(match[1]) : "";
   }
 
-  // GET (or other) JSON with the session; resolves to {ok, status, body}; network errors throw.
+  // GET (or other) JSON with the session; resolves to {ok, status, body}; network errors throw. A
+  // failed request whose answer is not JSON (a proxy's error page) gets {detail: "HTTP …: …"}.
   async function fetchJson(url, options) {
     const init = Object.assign({credentials: "same-origin"}, options || {});
     init.headers = Object.assign({Accept: "application/json"}, init.headers || {});
     if (init.method && init.method !== "GET") init.headers["X-CSRFToken"] = csrfToken();
     const response = await fetch(url, init);
+    const text = await response.text();
     let body = null;
     try {
-      body = await response.json();
+      body = text ? JSON.parse(text) : null;
     } catch (error) {
-      body = null;
+      body = response.ok ? null : {detail: "HTTP " + response.status + ": " + text.slice(0, 200)};
     }
     return {ok: response.ok, status: response.status, body: body};
+  }
+
+  // An API error body as readable lines: {"params": ["state: … is not of type 'boolean'"]} →
+  // ["Params: state: …"]; "detail" and "non_field_errors" go without a prefix. ``texts`` gives the
+  // fallback line ({failed}) and the line for a bare 403 ({forbidden}).
+  function errorLines(body, status, texts) {
+    const failed = (texts && texts.failed) || "The request failed";
+    const fallback = [failed + " (HTTP " + status + ")."];
+    if (!body || typeof body !== "object") return fallback;
+    const lines = [];
+    const walk = (value, where) => {
+      if (Array.isArray(value)) value.forEach((item) => walk(item, where));
+      else if (value && typeof value === "object") {
+        for (const [key, inner] of Object.entries(value)) walk(inner, where ? where + "." + key : key);
+      } else {
+        const prefix = !where || where === "detail" || where === "non_field_errors"
+          ? "" : where.charAt(0).toUpperCase() + where.slice(1).replace(/_/g, " ") + ": ";
+        lines.push(prefix + String(value));
+      }
+    };
+    walk(body, "");
+    if (status === 403 && !lines.length && texts && texts.forbidden) lines.push(texts.forbidden);
+    return lines.length ? lines : fallback;
   }
 
   function element(tag, text, props) {
@@ -305,6 +330,7 @@
     deviceUrl: deviceUrl,
     csrfToken: csrfToken,
     fetchJson: fetchJson,
+    errorLines: errorLines,
     element: element,
     parseTime: parseTime,
     formatTime: formatTime,

@@ -15,36 +15,9 @@
   const commandUrl = (id) => box.dataset.commandUrl.replace(ZERO, encodeURIComponent(id));
   const adminUrl = (id) => box.dataset.adminUrl.replace(ZERO, encodeURIComponent(id));
 
-  function csrfToken() {
-    const input = document.querySelector("input[name=csrfmiddlewaretoken]");
-    if (input && input.value) return input.value;
-    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-    return match ? decodeURIComponent(match[1]) : "";
-  }
-
-  // One JSON request; never throws for an HTTP error (network errors do throw).
-  async function api(url, options) {
-    const init = Object.assign({credentials: "same-origin"}, options || {});
-    init.headers = Object.assign({Accept: "application/json"}, init.headers || {});
-    const response = await fetch(url, init);
-    const text = await response.text();
-    let body = null;
-    if (text) {
-      try {
-        body = JSON.parse(text);
-      } catch (error) {
-        body = {detail: "HTTP " + response.status + ": " + text.slice(0, 200)};
-      }
-    }
-    return {ok: response.ok, status: response.status, body: body};
-  }
-
-  function element(tag, text, props) {
-    const node = document.createElement(tag);
-    if (text !== undefined && text !== null) node.textContent = text;
-    Object.assign(node, props || {});
-    return node;
-  }
+  const L = window.FluxLive; // static/fluxiot/live.js, loaded first by the device page
+  const api = L.fetchJson; // adds the CSRF token to a POST
+  const element = L.element;
 
   function setBadge(node, status) {
     node.className = "command-status command-status-" + status;
@@ -134,23 +107,8 @@
     errors.replaceChildren(...messages.map((message) => element("li", message)));
   }
 
-  // API errors as readable lines: {"params": ["state: ... is not of type 'boolean'"]} → "Params: state: …".
   function errorLines(body, status) {
-    if (!body || typeof body !== "object") return ["The request failed (HTTP " + status + ")."];
-    const lines = [];
-    const walk = (value, where) => {
-      if (Array.isArray(value)) value.forEach((item) => walk(item, where));
-      else if (value && typeof value === "object") {
-        for (const [key, inner] of Object.entries(value)) walk(inner, where ? where + "." + key : key);
-      } else {
-        const prefix = !where || where === "detail" || where === "non_field_errors"
-          ? "" : where.charAt(0).toUpperCase() + where.slice(1).replace(/_/g, " ") + ": ";
-        lines.push(prefix + String(value));
-      }
-    };
-    walk(body, "");
-    if (status === 403 && !lines.length) lines.push("You may not send commands to this device.");
-    return lines.length ? lines : ["The request failed (HTTP " + status + ")."];
+    return L.errorLines(body, status, {forbidden: "You may not send commands to this device."});
   }
 
   function selectType(name) {
@@ -260,7 +218,7 @@
     try {
       const answer = await api(box.dataset.historyUrl, {
         method: "POST",
-        headers: {"Content-Type": "application/json", "X-CSRFToken": csrfToken()},
+        headers: {"Content-Type": "application/json"},
         body: JSON.stringify(body),
       });
       if (answer.status === 201 && answer.body) {

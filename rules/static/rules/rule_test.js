@@ -16,23 +16,12 @@
   const table = document.getElementById("rule-test-actions");
   const rows = document.getElementById("rule-test-action-rows");
 
-  function csrfToken() {
-    const input = document.querySelector("input[name=csrfmiddlewaretoken]");
-    if (input && input.value) return input.value;
-    const match = document.cookie.match(/(?:^|;\s*)csrftoken=([^;]+)/);
-    return match ? decodeURIComponent(match[1]) : "";
-  }
+  const L = window.FluxLive; // static/fluxiot/live.js, loaded first by the rule page
+  const element = L.element;
 
   function field(name) {
     const input = document.getElementById("id_" + name);
     return input ? input.value : "";
-  }
-
-  function element(tag, text, className) {
-    const node = document.createElement(tag);
-    if (text !== undefined && text !== null) node.textContent = text;
-    if (className) node.className = className;
-    return node;
   }
 
   function showErrors(lines) {
@@ -41,21 +30,7 @@
 
   // {"condition": ["…"], "actions": ["…"]} → ["Condition: …", "Actions: …"].
   function errorLines(body, status) {
-    if (!body || typeof body !== "object") return ["The test failed (HTTP " + status + ")."];
-    const lines = [];
-    const walk = (value, where) => {
-      if (Array.isArray(value)) value.forEach((item) => walk(item, where));
-      else if (value && typeof value === "object") {
-        for (const [key, inner] of Object.entries(value)) walk(inner, where ? where + "." + key : key);
-      } else {
-        const prefix = !where || where === "detail" || where === "non_field_errors"
-          ? "" : where.charAt(0).toUpperCase() + where.slice(1).replace(/_/g, " ") + ": ";
-        lines.push(prefix + String(value));
-      }
-    };
-    walk(body, "");
-    if (status === 403 && !lines.length) lines.push("You may not test rules.");
-    return lines.length ? lines : ["The test failed (HTTP " + status + ")."];
+    return L.errorLines(body, status, {failed: "The test failed", forbidden: "You may not test rules."});
   }
 
   function show(answer) {
@@ -75,7 +50,7 @@
       const tr = element("tr");
       tr.appendChild(element("td", action.type));
       const cell = action.error
-        ? element("td", "would fail: " + action.error, "rule-action-error")
+        ? element("td", "would fail: " + action.error, {className: "rule-action-error"})
         : element("td", action.would);
       tr.appendChild(cell);
       return tr;
@@ -111,25 +86,17 @@
     };
     button.disabled = true;
     try {
-      const response = await fetch(box.dataset.url, {
+      const answer = await L.fetchJson(box.dataset.url, {
         method: "POST",
-        credentials: "same-origin",
-        headers: {"Content-Type": "application/json", Accept: "application/json", "X-CSRFToken": csrfToken()},
+        headers: {"Content-Type": "application/json"},
         body: JSON.stringify(body),
       });
-      const text = await response.text();
-      let answer = null;
-      try {
-        answer = text ? JSON.parse(text) : null;
-      } catch (error) {
-        answer = {detail: "HTTP " + response.status + ": " + text.slice(0, 200)};
-      }
-      if (!response.ok) {
+      if (!answer.ok) {
         result.hidden = true;
-        showErrors(errorLines(answer, response.status));
+        showErrors(errorLines(answer.body, answer.status));
         return;
       }
-      show(answer);
+      show(answer.body);
     } catch (error) {
       showErrors(["The test could not be sent: " + error.message]);
     } finally {
