@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import secrets
 import statistics
 import subprocess
 import sys
@@ -51,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fluxiot_bench_ingest")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
+from bench.common import fresh_database, platform_env, setup_django  # noqa: E402
 from tests.e2e.servers import celery_worker_command, stop_process  # noqa: E402
 
 KEY = "temperature"  # every simulated message carries it: one row of this key per message
@@ -59,42 +59,8 @@ logger = logging.getLogger("bench.ingest")
 
 
 def bench_env(mqtt_url: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="fluxiot.settings",
-        DATABASE_URL=DATABASE_URL,
-        REDIS_URL=REDIS_URL,
-        MQTT_URL=mqtt_url,
-        SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
-        DEBUG="0",
-        LOG_LEVEL="WARNING",
-        BRIDGE_CLIENT_ID="bench-bridge",
-        FLUXIOT_VAR_DIR=tempfile.mkdtemp(prefix="fluxiot-bench-"),
-    )
-    return env
-
-
-def fresh_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    admin = DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def setup_django(env: dict[str, str]) -> None:
-    os.environ.update(env)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
+    var_dir = tempfile.mkdtemp(prefix="fluxiot-bench-")
+    return platform_env(DATABASE_URL, REDIS_URL, mqtt_url, var_dir, BRIDGE_CLIENT_ID="bench-bridge")
 
 
 @contextmanager
@@ -524,7 +490,7 @@ def main() -> None:
     with mosquitto(dynsec=False, max_queued_messages=0, max_inflight_messages=0) as broker:
         url = f"mqtt://{broker.host}:{broker.port}"
         env = bench_env(url)
-        fresh_database()
+        fresh_database(DATABASE_URL)
         setup_django(env)
         from datetime import UTC, datetime, timedelta
 

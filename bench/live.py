@@ -56,6 +56,7 @@ sys.path.insert(0, str(ROOT))
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fluxiot_bench_live")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
+from bench.common import fresh_database, platform_env, setup_django, wait_for  # noqa: E402
 from tests.e2e.servers import celery_worker_command, free_port, stop_process  # noqa: E402
 from tests.live.wsclient import ConnectionClosed, WebSocket  # noqa: E402
 
@@ -84,52 +85,15 @@ logger = logging.getLogger("bench.live")
 
 
 def bench_env(mqtt_url: str, var_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        DJANGO_SETTINGS_MODULE="fluxiot.settings",
-        DATABASE_URL=DATABASE_URL,
-        REDIS_URL=REDIS_URL,
-        MQTT_URL=mqtt_url,
-        SECRET_KEY=os.environ.get("SECRET_KEY") or secrets.token_urlsafe(50),
-        DEBUG="0",
-        LOG_LEVEL="WARNING",
+    return platform_env(
+        DATABASE_URL,
+        REDIS_URL,
+        mqtt_url,
+        var_dir,
         ALLOWED_HOSTS="127.0.0.1,localhost",
         BRIDGE_CLIENT_ID="bench-live-bridge",
         API_THROTTLE_USER="1000000/min",
-        FLUXIOT_VAR_DIR=str(var_dir),
     )
-    return env
-
-
-def fresh_database() -> None:
-    import psycopg
-
-    name = DATABASE_URL.rsplit("/", 1)[1]
-    admin = DATABASE_URL.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin.replace("postgres://", "postgresql://"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
-def setup_django(env: dict[str, str]) -> None:
-    os.environ.update(env)
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
-
-
-def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @contextmanager
@@ -405,7 +369,7 @@ def load() -> str:
 
 def run(args: argparse.Namespace, broker: Any, var_dir: Path, stack: ExitStack) -> None:
     env = bench_env(f"mqtt://{broker.host}:{broker.port}", var_dir)
-    fresh_database()
+    fresh_database(DATABASE_URL)
     setup_django(env)
     credentials_file = var_dir / "credentials.json"
     password, device_ids = seed(args.devices, credentials_file)
