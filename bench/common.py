@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def platform_env(
@@ -62,3 +66,28 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+@contextmanager
+def process(
+    args: list[str], env: dict[str, str], name: str, ready: Callable[[str], bool]
+) -> Iterator[subprocess.Popen]:
+    """Run a platform process (its own session, so its children stop with it) until the block ends,
+    its output in ``FLUXIOT_VAR_DIR/<name>.log``; yields it once ``ready(log text)`` holds."""
+    from tests.e2e.servers import stop_process
+
+    path = Path(env["FLUXIOT_VAR_DIR"]) / f"{name}.log"
+    log = open(path, "wb")
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+
+        def started() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{path.read_text(errors='replace')[-3000:]}")
+            return ready(path.read_text(errors="replace"))
+
+        wait_for(started, 60, f"{name} ready")
+        yield proc
+    finally:
+        stop_process(proc, timeout=20, group=True)
+        log.close()

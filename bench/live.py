@@ -46,8 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 
 DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/fluxiot_bench_live")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/6")
-from bench.common import fresh_database, platform_env, setup_django, wait_for  # noqa: E402
+from bench.common import fresh_database, platform_env, process, setup_django, wait_for  # noqa: E402
 from tests.e2e.servers import celery_worker_command, free_port, stop_process  # noqa: E402
 from tests.live.wsclient import ConnectionClosed, WebSocket  # noqa: E402
 
@@ -94,29 +93,6 @@ def bench_env(mqtt_url: str, var_dir: Path) -> dict[str, str]:
         BRIDGE_CLIENT_ID="bench-live-bridge",
         API_THROTTLE_USER="1000000/min",
     )
-
-
-@contextmanager
-def process(
-    args: list[str], env: dict[str, str], name: str, ready: Callable[[str], bool]
-) -> Iterator[subprocess.Popen]:
-    """Run a platform process (its own session, so its children stop with it) until the block ends;
-    yields it once ``ready(log text)`` holds."""
-    path = Path(env["FLUXIOT_VAR_DIR"]) / f"{name}.log"
-    log = open(path, "wb")
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-
-        def started() -> bool:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{path.read_text(errors='replace')[-3000:]}")
-            return ready(path.read_text(errors="replace"))
-
-        wait_for(started, 60, f"{name} ready")
-        yield proc
-    finally:
-        stop_process(proc, timeout=20, group=True)
-        log.close()
 
 
 def http_json(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
