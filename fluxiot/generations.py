@@ -5,7 +5,9 @@ differ (one cache read, no database query, when nothing changed)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
+from typing import Any, ClassVar, Self
 
 from django.core.cache import cache
 
@@ -26,3 +28,39 @@ class Generation:
         value = uuid.uuid4().hex
         cache.set(self.key, value, None)
         return value
+
+
+class GenerationCached:
+    """A per-process object built from the database (a compiled rule set, plugin set, scene set)
+    and kept until its ``Generation`` moves: ``current()`` costs one cache read when nothing changed
+    and reloads once, under a lock, when something did. Subclasses set ``generations`` and implement
+    ``load(generation)``, which builds an instance whose ``generation`` attribute is that value."""
+
+    generations: ClassVar[Generation]
+    generation: str
+    _cached: ClassVar[Any]
+    _lock: ClassVar[threading.Lock]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._cached = None
+        cls._lock = threading.Lock()
+
+    @classmethod
+    def current(cls) -> Self:
+        """This process's instance for the current generation. Thread-safe."""
+        now = cls.generations.current()
+        cached = cls._cached
+        if cached is not None and cached.generation == now:
+            return cached
+        with cls._lock:
+            cached = cls._cached
+            if cached is None or cached.generation != now:
+                cached = cls._cached = cls.load(now)  # type: ignore[attr-defined]  # each subclass's
+            return cached
+
+    @classmethod
+    def forget(cls) -> None:
+        """Drop this process's instance (the next ``current()`` reloads)."""
+        with cls._lock:
+            cls._cached = None

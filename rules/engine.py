@@ -16,14 +16,14 @@ the other rules or the ingest.
 from __future__ import annotations
 
 import logging
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any
 
 import cel
 from django.db.models import F
 
+from fluxiot.generations import GenerationCached
 from rules import generation, metrics
 from rules.cel import (
     EMPTY,
@@ -153,11 +153,10 @@ class CompiledRule:
         return scope_matches(self.scope, self.scope_value, self.group_path, device)
 
 
-class RuleSet:
+class RuleSet(GenerationCached):
     """The enabled rules, compiled, in priority order (then by name)."""
 
-    _cached: ClassVar[RuleSet | None] = None
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    generations = generation.GENERATION
 
     def __init__(self, rules: list[CompiledRule] | tuple[CompiledRule, ...] = (), generation: str = "") -> None:
         self.rules: tuple[CompiledRule, ...] = tuple(sorted(rules, key=lambda rule: (rule.priority, rule.name)))
@@ -236,27 +235,6 @@ class RuleSet:
         ruleset = cls(compiled, generation)
         metrics.set_active(len(ruleset) - len(ruleset.broken))
         return ruleset
-
-    @classmethod
-    def current(cls) -> RuleSet:
-        """This process's rule set: one cache read, and a reload from the database only when the
-        rules' generation (``rules.generation``) moved since it was built. Thread-safe."""
-        current_generation = generation.current()
-        cached = cls._cached
-        if cached is not None and cached.generation == current_generation:
-            return cached
-        with cls._lock:
-            cached = cls._cached
-            if cached is None or cached.generation != current_generation:
-                cached = cls.load(current_generation)
-                RuleSet._cached = cached
-            return cached
-
-    @classmethod
-    def forget(cls) -> None:
-        """Drop this process's cached set (the next ``current()`` reloads)."""
-        with cls._lock:
-            RuleSet._cached = None
 
 
 # --- Evaluation --------------------------------------------------------------------------------

@@ -7,6 +7,6 @@ from __future__ import annotations
 from fluxiot.generations import Generation
 
 KEY = "rules:generation"
-_generation = Generation(KEY)
-current = _generation.current
-bump = _generation.bump
+GENERATION = Generation(KEY)
+current = GENERATION.current
+bump = GENERATION.bump

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -17,6 +16,7 @@ from typing import Any, ClassVar
 from django.db.models import F
 from django.utils import timezone
 
+from fluxiot.generations import GenerationCached
 from rules import generation
 from rules.choices import PluginFailure, PluginStage
 from rules.models import DeviceFacts, Plugin, scope_matches
@@ -41,27 +41,14 @@ class LoadedPlugin:
 
 
 @dataclass
-class PluginSet:
+class PluginSet(GenerationCached):
     generation: str
     plugins: list[LoadedPlugin] = field(default_factory=list)
 
-    _cached: ClassVar[PluginSet | None] = None
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    generations: ClassVar = generation.GENERATION
 
     @classmethod
-    def current(cls) -> PluginSet:
-        now = generation.current()
-        cached = cls._cached
-        if cached is not None and cached.generation == now:
-            return cached
-        with cls._lock:
-            cached = cls._cached
-            if cached is None or cached.generation != now:
-                cached = cls._cached = cls._load(now)
-        return cached
-
-    @classmethod
-    def _load(cls, gen: str) -> PluginSet:
+    def load(cls, gen: str = "") -> PluginSet:
         plugins = []
         for plugin in Plugin.objects.filter(enabled=True, stage=PluginStage.PREPROCESS).order_by("name", "-created_at"):
             plugins.append(

@@ -18,12 +18,11 @@ when ``control.scenes.generation`` moves (one cache read per call otherwise).
 from __future__ import annotations
 
 import logging
-import threading
 import zoneinfo
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
 import cel
 from django.core.cache import cache
@@ -33,6 +32,7 @@ from django.utils import timezone
 from control.scenes import context, generation, metrics
 from control.scenes.choices import TriggerKind
 from control.scenes.runner import COOLDOWN_KEY, current_chain
+from fluxiot.generations import GenerationCached
 from rules.cel import ConditionError, run
 from rules.choices import Trigger
 from rules.engine import EngineMessage
@@ -112,11 +112,10 @@ class CompiledTrigger:
         return bool(result), error
 
 
-class SceneSet:
+class SceneSet(GenerationCached):
     """The triggers of the enabled scenes, indexed by kind and device."""
 
-    _cached: ClassVar[SceneSet | None] = None
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    generations = generation.GENERATION
 
     def __init__(
         self, triggers: list[CompiledTrigger] | tuple[CompiledTrigger, ...] = (), generation: str = ""
@@ -166,25 +165,6 @@ class SceneSet:
                 ):
                     compiled.append(CompiledTrigger.build(scene, index, trigger, tz))
         return cls(compiled, current_generation)
-
-    @classmethod
-    def current(cls) -> SceneSet:
-        """This process's set: one cache read, a reload only after a scene changed. Thread-safe."""
-        now = generation.current()
-        cached = cls._cached
-        if cached is not None and cached.generation == now:
-            return cached
-        with cls._lock:
-            cached = cls._cached
-            if cached is None or cached.generation != now:
-                cached = cls.load(now)
-                SceneSet._cached = cached
-            return cached
-
-    @classmethod
-    def forget(cls) -> None:
-        with cls._lock:
-            SceneSet._cached = None
 
 
 # --- Queueing ----------------------------------------------------------------------------------
