@@ -167,33 +167,51 @@ def catalogue() -> list[dict[str, Any]]:
     return [_REGISTRY[name].as_dict() for name in sorted(_REGISTRY)]
 
 
-def validate_actions(actions: Any) -> list[str]:
-    """What is wrong with a rule's list of actions (empty when fine), each message naming the action
-    by position and type: ``actions[1] (send_command): params.state: 'on' is not of type 'boolean'``."""
+def validate_actions(
+    actions: Any,
+    where: str = "",
+    lookup: Callable[[str], ActionSpec | None] | None = None,
+    known: Iterable[str] | None = None,
+    check: Callable[[ActionSpec, dict[str, Any]], list[str]] | None = None,
+) -> list[str]:
+    """What is wrong with a list of actions (empty when fine), each message naming the action by
+    position and type: ``actions[1] (send_command): params.state: 'on' is not of type 'boolean'``.
+    A rule's list by default; scenes pass the list's name (``where``: ``then_actions``), their own
+    ``lookup`` of a type's spec and ``known`` type names, and a ``check`` run on params that
+    validated (``where`` also prefixes the messages about the whole list)."""
+    lookup = lookup or get
+
+    def about_the_list(text: str) -> list[str]:
+        return [f"{where}: {text}" if where else text[:1].upper() + text[1:]]
+
     if not isinstance(actions, list):
-        return ['A list of actions, each {"type": …, "params": {…}}.']
+        return about_the_list('a list of actions, each {"type": …, "params": {…}}.')
     if len(actions) > MAX_ACTIONS:
-        return [f"At most {MAX_ACTIONS} actions."]
+        return about_the_list(f"at most {MAX_ACTIONS} actions.")
     errors = []
     for position, action in enumerate(actions):
-        where = f"actions[{position}]"
+        at = f"{where or 'actions'}[{position}]"
         if not isinstance(action, dict) or not isinstance(action.get("type"), str):
-            errors.append(f'{where}: an object {{"type": …, "params": {{…}}}}.')
+            errors.append(f'{at}: an object {{"type": …, "params": {{…}}}}.')
             continue
         unknown = set(action) - {"type", "params"}
         if unknown:
-            errors.append(f"{where}: unknown keys {', '.join(sorted(unknown))} (only type and params).")
+            errors.append(f"{at}: unknown keys {', '.join(sorted(unknown))} (only type and params).")
             continue
-        spec = get(action["type"])
+        spec = lookup(action["type"])
         if spec is None:
-            errors.append(f"{where}: unknown action type {action['type']!r} ({', '.join(sorted(_REGISTRY))}).")
+            names = ", ".join(sorted(known if known is not None else _REGISTRY))
+            errors.append(f"{at}: unknown action type {action['type']!r} ({names}).")
             continue
-        where = f"{where} ({spec.type})"
+        at = f"{at} ({spec.type})"
         params = action.get("params", {})
         if not isinstance(params, dict):
-            errors.append(f"{where}: params must be an object.")
+            errors.append(f"{at}: params must be an object.")
             continue
-        errors += [f"{where}: {problem}" for problem in spec.validate(params)]
+        problems = spec.validate(params)
+        if not problems and check is not None:
+            problems = check(spec, params)
+        errors += [f"{at}: {problem}" for problem in problems]
     return errors
 
 

@@ -21,7 +21,6 @@ from rules.actions import ActionContext, ActionError, ActionSpec
 
 DELAY = "delay"
 RUN_SCENE = "run_scene"
-MAX_ACTIONS = registry.MAX_ACTIONS
 
 
 def max_delay() -> int:
@@ -115,34 +114,15 @@ def catalogue() -> list[dict[str, Any]]:
 def validate(actions: Any, where: str) -> list[str]:
     """What is wrong with one of a scene's action lists (empty when fine), each message naming the
     action: ``then_actions[1] (send_command): target: no device 'fan_9'``."""
-    if not isinstance(actions, list):
-        return [f'{where}: a list of actions, each {{"type": …, "params": {{…}}}}.']
-    if len(actions) > MAX_ACTIONS:
-        return [f"{where}: at most {MAX_ACTIONS} actions."]
-    errors = []
-    for position, action in enumerate(actions):
-        at = f"{where}[{position}]"
-        if not isinstance(action, dict) or not isinstance(action.get("type"), str):
-            errors.append(f'{at}: an object {{"type": …, "params": {{…}}}}.')
-            continue
-        unknown = set(action) - {"type", "params"}
-        if unknown:
-            errors.append(f"{at}: unknown keys {', '.join(sorted(unknown))} (only type and params).")
-            continue
-        action_spec = spec(action["type"])
-        if action_spec is None:
-            known = ", ".join(item["type"] for item in catalogue())
-            errors.append(f"{at}: unknown action type {action['type']!r} ({known}).")
-            continue
-        params = action.get("params", {})
-        if not isinstance(params, dict):
-            errors.append(f"{at} ({action_spec.type}): params must be an object.")
-            continue
-        problems = action_spec.validate(params)
-        if not problems and action_spec.type == RUN_SCENE and _scene_name(params["scene"]) is None:
-            problems = [f"scene: no scene {params['scene']}"]
-        errors += [f"{at} ({action_spec.type}): {problem}" for problem in problems]
-    return errors
+    return registry.validate_actions(
+        actions, where, lookup=spec, known=[item["type"] for item in catalogue()], check=_check_run_scene
+    )
+
+
+def _check_run_scene(action_spec: ActionSpec, params: dict[str, Any]) -> list[str]:
+    if action_spec.type == RUN_SCENE and _scene_name(params["scene"]) is None:
+        return [f"scene: no scene {params['scene']}"]
+    return []
 
 
 def all_actions(scene: Any) -> Iterable[tuple[str, dict[str, Any]]]:

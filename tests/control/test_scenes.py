@@ -620,3 +620,22 @@ def test_a_scene_naming_a_deleted_device_can_still_be_disabled_but_not_saved(mak
         services.set_enabled(scene, False, None)
     scene.refresh_from_db()
     assert not scene.enabled
+
+
+def test_a_scenes_action_lists_are_checked_with_their_names():
+    from control.scenes import actions as scene_actions
+
+    assert scene_actions.validate("on", "else_actions") == [
+        'else_actions: a list of actions, each {"type": …, "params": {…}}.'
+    ]
+    assert scene_actions.validate([{"type": "emit_event"}] * 21, "then_actions") == [
+        "then_actions: at most 20 actions."
+    ]
+    [unknown, delay, missing] = scene_actions.validate(
+        [{"type": "teleport"}, {"type": "delay", "params": {}}, {"type": "run_scene", "params": {"scene": 999999}}],
+        "then_actions",
+    )
+    assert unknown.startswith("then_actions[0]: unknown action type 'teleport' (")
+    assert " delay, " in unknown and " run_scene, " in unknown  # the scene-only types are listed
+    assert delay.startswith("then_actions[1] (delay): ")
+    assert missing == "then_actions[2] (run_scene): scene: no scene 999999"
